@@ -1,0 +1,142 @@
+//! `tessera`: the command line of the Tessera data-product platform.
+//!
+//! Each subcommand lives in its own module and is a thin shell around a
+//! library call: parsing arguments, reading files, printing results and
+//! choosing the exit code. Exit codes: 0 success, 1 the input has errors
+//! (lint findings, a breaking change without a major bump), 2 the command
+//! could not run (usage, I/O).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // A CLI prints.
+
+mod contracts;
+mod samples;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: event-sourced data products with data contracts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// For people: `file:line:column: error[code]: message`.
+    Text,
+    /// For machines: one JSON document.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate contracts: YAML, structure, semantics and governance.
+    Lint {
+        /// Contract files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The global governance policy (default: the one built in, contracts/policies.yaml).
+        #[arg(long, env = "TESSERA_POLICY")]
+        policy: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// List the changes between two versions of a contract, breaking or not.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, env = "TESSERA_POLICY")]
+        policy: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Export a contract to another standard.
+    Export {
+        #[command(subcommand)]
+        target: ExportTarget,
+    },
+    /// Sample events for example products.
+    Samples {
+        #[command(subcommand)]
+        action: SamplesAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportTarget {
+    /// Open Data Contract Standard v3.1.0 (YAML).
+    Odcs {
+        file: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long, env = "TESSERA_POLICY")]
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SamplesAction {
+    /// Generate deterministic sample events (NDJSON) from a contract.
+    Generate {
+        /// The product's contract.
+        contract: PathBuf,
+        /// How many streams (entities) to generate.
+        #[arg(long, default_value_t = 600)]
+        streams: usize,
+        /// The random seed: the same seed gives the same file.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lint {
+            files,
+            policy,
+            format,
+        } => contracts::lint(&files, policy.as_deref(), format),
+        Command::Diff {
+            old,
+            new,
+            policy,
+            format,
+        } => contracts::diff(&old, &new, policy.as_deref(), format),
+        Command::Export {
+            target:
+                ExportTarget::Odcs {
+                    file,
+                    output,
+                    policy,
+                },
+        } => contracts::export_odcs(&file, output.as_deref(), policy.as_deref()),
+        Command::Samples {
+            action:
+                SamplesAction::Generate {
+                    contract,
+                    streams,
+                    seed,
+                    output,
+                },
+        } => samples::generate_command(&contract, streams, seed, output.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

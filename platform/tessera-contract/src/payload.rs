@@ -1,0 +1,247 @@
+//! Navigating an event's payload schema (JSON Schema 2020-12) by field path:
+//! does `customer.email` exist, is it always present, what JSON type is it,
+//! which classification does it carry. Local `$ref`s (`#/$defs/...`) are
+//! followed, to a bounded depth so that cyclic schemas cannot loop.
+
+use serde_json::{Map, Value};
+
+use crate::model::{DataType, FieldPath};
+
+const MAX_REF_HOPS: usize = 16;
+
+/// What the schema says about one field.
+#[derive(Debug, Clone)]
+pub struct Field<'a> {
+    pub schema: &'a Value,
+    /// JSON types the field may have, `null` excluded.
+    pub types: Vec<&'a str>,
+    /// Present and non-null in every valid payload (required at every level of the path).
+    pub always_present: bool,
+    pub format: Option<&'a str>,
+    pub classification: Option<&'a str>,
+}
+
+/// Why a path does not resolve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unresolved {
+    /// How many segments resolved before the failure.
+    pub depth: usize,
+    /// The fields that exist at that level.
+    pub available: Vec<String>,
+}
+
+/// Follows `$ref` to local definitions.
+fn deref<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
+    for _ in 0..MAX_REF_HOPS {
+        match node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+        {
+            Some(target) => match root.pointer(target) {
+                Some(next) => node = next,
+                None => return node,
+            },
+            None => return node,
+        }
+    }
+    node
+}
+
+/// The JSON types a schema allows, `null` included.
+fn types(node: &Value) -> Vec<&str> {
+    match node.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => {
+            let from_values = |values: &[Value]| {
+                let mut ts: Vec<&str> = values.iter().map(json_type).collect();
+                ts.sort_unstable();
+                ts.dedup();
+                ts
+            };
+            if let Some(values) = node.get("enum").and_then(Value::as_array) {
+                from_values(values)
+            } else if let Some(value) = node.get("const") {
+                vec![json_type(value)]
+            } else if node.get("properties").is_some() {
+                vec!["object"]
+            } else {
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn properties(node: &Value) -> Option<&Map<String, Value>> {
+    node.get("properties").and_then(Value::as_object)
+}
+
+fn is_required(node: &Value, name: &str) -> bool {
+    node.get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(|v| v.as_str() == Some(name)))
+}
+
+/// Resolves `path` in the payload schema `root`.
+pub fn resolve<'a>(root: &'a Value, path: &FieldPath) -> Result<Field<'a>, Unresolved> {
+    let mut node = deref(root, root);
+    let mut always_present = true;
+    for (depth, segment) in path.0.iter().enumerate() {
+        let props = properties(node);
+        let Some(next) = props.and_then(|p| p.get(segment)) else {
+            return Err(Unresolved {
+                depth,
+                available: props
+                    .map(|p| p.keys().cloned().collect())
+                    .unwrap_or_default(),
+            });
+        };
+        always_present &= is_required(node, segment);
+        node = deref(root, next);
+    }
+    let all = types(node);
+    always_present &= !all.contains(&"null");
+    Ok(Field {
+        schema: node,
+        types: all.into_iter().filter(|t| *t != "null").collect(),
+        always_present,
+        format: node.get("format").and_then(Value::as_str),
+        classification: node.get("classification").and_then(Value::as_str),
+    })
+}
+
+/// Whether every value the field may hold fits a column of type `column`.
+pub fn fits(field: &Field<'_>, column: &DataType) -> bool {
+    !field.types.is_empty()
+        && field.types.iter().all(|t| match *t {
+            "string" => match column {
+                DataType::String => true,
+                DataType::Date => field.format == Some("date"),
+                DataType::Timestamp => field.format == Some("date-time"),
+                _ => false,
+            },
+            "integer" => matches!(
+                column,
+                DataType::Int32 | DataType::Int64 | DataType::Float64 | DataType::Decimal { .. }
+            ),
+            "number" => matches!(column, DataType::Float64 | DataType::Decimal { .. }),
+            "boolean" => matches!(column, DataType::Boolean),
+            "object" => matches!(column, DataType::Struct(_)),
+            "array" => matches!(column, DataType::List(_)),
+            _ => false,
+        })
+}
+
+/// One property of a payload schema, found by [`walk`].
+#[derive(Debug)]
+pub struct Property<'a> {
+    /// Dotted path, with `[]` for array items, e.g. `lines[].sku`.
+    pub path: String,
+    /// JSON pointer of the property inside the payload schema.
+    pub pointer: String,
+    pub name: &'a str,
+    pub schema: &'a Value,
+}
+
+/// Every property of the schema at any depth (through objects and array items).
+pub fn walk(root: &Value) -> Vec<Property<'_>> {
+    let mut out = Vec::new();
+    // (node, dotted prefix, pointer prefix, hops)
+    let mut stack: Vec<(&Value, String, String, usize)> =
+        vec![(root, String::new(), String::new(), 0)];
+    while let Some((node, prefix, pointer, hops)) = stack.pop() {
+        if hops > MAX_REF_HOPS {
+            continue;
+        }
+        let node = deref(root, node);
+        if let Some(props) = properties(node) {
+            for (name, schema) in props.iter().rev() {
+                let path = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                let ptr = format!("{pointer}/properties/{}", crate::source::escape(name));
+                out.push(Property {
+                    path: path.clone(),
+                    pointer: ptr.clone(),
+                    name,
+                    schema,
+                });
+                stack.push((schema, path, ptr, hops + 1));
+            }
+        }
+        if let Some(items) = node.get("items") {
+            stack.push((
+                items,
+                format!("{prefix}[]"),
+                format!("{pointer}/items"),
+                hops + 1,
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn path(s: &str) -> FieldPath {
+        FieldPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn resolves_nested_fields_and_their_presence() {
+        let schema = json!({"type": "object", "required": ["customer"], "properties": {
+            "customer": {"type": "object", "required": ["id"], "properties": {
+                "id": {"type": "string"}, "email": {"type": ["string", "null"], "classification": "pii.email"}}}}});
+        let id = resolve(&schema, &path("customer.id")).unwrap();
+        assert!(id.always_present);
+        let email = resolve(&schema, &path("customer.email")).unwrap();
+        assert!(!email.always_present);
+        assert_eq!(email.types, ["string"]);
+        assert_eq!(email.classification, Some("pii.email"));
+        let missing = resolve(&schema, &path("customer.mail")).unwrap_err();
+        assert_eq!(missing.depth, 1);
+        assert!(missing.available.contains(&"email".to_owned()));
+    }
+
+    #[test]
+    fn follows_refs_and_stops_on_cycles() {
+        let schema = json!({"$defs": {"a": {"$ref": "#/$defs/a"}, "money": {"type": "number"}},
+            "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}, "total": {"$ref": "#/$defs/money"}}});
+        assert_eq!(resolve(&schema, &path("total")).unwrap().types, ["number"]);
+        assert!(resolve(&schema, &path("x")).unwrap().types.is_empty());
+        let all = walk(&schema);
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn type_compatibility() {
+        let s = json!({"type": "string", "format": "date-time"});
+        let f = Field {
+            schema: &s,
+            types: vec!["string"],
+            always_present: true,
+            format: Some("date-time"),
+            classification: None,
+        };
+        assert!(fits(&f, &DataType::Timestamp));
+        assert!(!fits(&f, &DataType::Int64));
+    }
+}

@@ -1,0 +1,155 @@
+//! Derived (`sql`) tables: parse the query as DataFusion will (same
+//! sqlparser version, generic dialect) and find what it reads and returns.
+//!
+//! Only a single SELECT is accepted, and it may read only bare table names
+//! (the product's own tables, checked by the validator); no table
+//! functions, no qualified names, no files or URLs.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Statement, TableFactor, Visit, Visitor};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+
+/// What a derived table's query reads and returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// Tables read, by bare name, common table expressions excluded.
+    pub reads: Vec<String>,
+    /// Output column names, when the query's outermost SELECT names them all.
+    pub outputs: Option<Vec<String>>,
+}
+
+/// Parses and inspects a derived table's query.
+pub fn analyze(sql: &str) -> Result<Analysis, String> {
+    let statements = Parser::new(&GenericDialect {})
+        .with_recursion_limit(64)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| format!("the query does not parse: {e}"))?;
+    let query = match statements.as_slice() {
+        [Statement::Query(q)] => q,
+        [] => return Err("the query is empty".into()),
+        [_] => {
+            return Err(
+                "a derived table is a single SELECT; other statements are not allowed".into(),
+            );
+        }
+        _ => {
+            return Err(format!(
+                "a derived table is a single SELECT, found {} statements",
+                statements.len()
+            ));
+        }
+    };
+    let mut visitor = Relations::default();
+    if let ControlFlow::Break(problem) = query.visit(&mut visitor) {
+        return Err(problem);
+    }
+    let mut reads: Vec<String> = visitor
+        .tables
+        .into_iter()
+        .filter(|t| !visitor.ctes.contains(t))
+        .collect();
+    reads.sort();
+    reads.dedup();
+    Ok(Analysis {
+        reads,
+        outputs: outputs(query),
+    })
+}
+
+#[derive(Default)]
+struct Relations {
+    tables: Vec<String>,
+    ctes: Vec<String>,
+}
+
+impl Visitor for Relations {
+    type Break = String;
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<String> {
+        if let Some(with) = &query.with {
+            self.ctes.extend(
+                with.cte_tables
+                    .iter()
+                    .map(|c| c.alias.name.value.to_lowercase()),
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<String> {
+        match factor {
+            TableFactor::Table { name, args, .. } => {
+                if args.is_some() {
+                    return ControlFlow::Break(format!(
+                        "`{name}(...)` is a table function; a derived table reads only the product's tables"
+                    ));
+                }
+                match name.0.as_slice() {
+                    [single] => {
+                        let ident = single.to_string();
+                        let bare = ident.trim_matches('"').to_lowercase();
+                        self.tables.push(bare);
+                        ControlFlow::Continue(())
+                    }
+                    _ => ControlFlow::Break(format!(
+                        "`{name}` is a qualified name; a derived table reads only the product's own tables, by bare name"
+                    )),
+                }
+            }
+            TableFactor::Function { .. }
+            | TableFactor::TableFunction { .. }
+            | TableFactor::UNNEST { .. } => {
+                ControlFlow::Break("table functions are not allowed in a derived table".into())
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
+/// The names of the outermost SELECT's columns, if every one has a name.
+fn outputs(query: &Query) -> Option<Vec<String>> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_lowercase()),
+            SelectItem::UnnamedExpr(Expr::Identifier(id)) => Some(id.value.to_lowercase()),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(ids)) => {
+                ids.last().map(|i| i.value.to_lowercase())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_reads_and_outputs() {
+        let a = analyze("WITH x AS (SELECT * FROM orders) SELECT o.day AS day, COUNT(*) AS n FROM x JOIN lines o ON true GROUP BY 1").unwrap();
+        assert_eq!(a.reads, ["lines", "orders"]);
+        assert_eq!(a.outputs, Some(vec!["day".into(), "n".into()]));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_plain_select() {
+        for bad in [
+            "DELETE FROM orders",
+            "SELECT 1; SELECT 2",
+            "SELECT * FROM read_parquet('/etc/passwd')",
+            "SELECT * FROM other.orders",
+            "SELECT * FROM",
+            "",
+        ] {
+            assert!(analyze(bad).is_err(), "{bad}");
+        }
+    }
+}
