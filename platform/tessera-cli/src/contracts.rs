@@ -14,13 +14,9 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
     let Some(path) = path else {
         return Ok(Policy::builtin());
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the policy {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the policy {}", path.display()))?;
     Policy::parse(&text).map_err(|errors| {
-        let rendered: Vec<String> = errors
-            .iter()
-            .map(|e| e.render(&path.display().to_string()))
-            .collect();
+        let rendered: Vec<String> = errors.iter().map(|e| e.render(&path.display().to_string())).collect();
         anyhow::anyhow!("the policy is invalid:\n{}", rendered.join("\n"))
     })
 }
@@ -30,11 +26,7 @@ fn lint_file(path: &Path, policy: &Policy) -> Result<Linted> {
     Ok(tessera_contract::lint_bytes(&bytes, policy))
 }
 
-pub fn lint(
-    files: &[std::path::PathBuf],
-    policy: Option<&Path>,
-    format: Format,
-) -> Result<ExitCode> {
+pub fn lint(files: &[std::path::PathBuf], policy: Option<&Path>, format: Format) -> Result<ExitCode> {
     let policy = load_policy(policy)?;
     let mut failed = false;
     let (mut errors, mut warnings) = (0, 0);
@@ -42,16 +34,8 @@ pub fn lint(
     for path in files {
         let linted = lint_file(path, &policy)?;
         failed |= linted.has_errors();
-        errors += linted
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count();
-        warnings += linted
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Warning)
-            .count();
+        errors += linted.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+        warnings += linted.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();
         let name = path.display().to_string();
         match format {
             Format::Text => {
@@ -65,21 +49,11 @@ pub fn lint(
     match format {
         Format::Text => {
             let verdict = if failed { "lint failed" } else { "lint passed" };
-            eprintln!(
-                "{verdict}: {} file(s), {errors} error(s), {warnings} warning(s)",
-                files.len()
-            );
+            eprintln!("{verdict}: {} file(s), {errors} error(s), {warnings} warning(s)", files.len());
         }
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "files": reports }))?
-        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json!({ "files": reports }))?),
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Reads a contract that must be valid, or explains why it is not.
@@ -87,21 +61,10 @@ fn valid_contract(path: &Path, policy: &Policy) -> Result<Contract> {
     let linted = lint_file(path, policy)?;
     if linted.has_errors() {
         let name = path.display().to_string();
-        let rendered: Vec<String> = linted
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| d.render(&name))
-            .collect();
-        bail!(
-            "{} is not a valid contract (run `tessera lint` on it):\n{}",
-            name,
-            rendered.join("\n")
-        );
+        let rendered: Vec<String> = linted.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.render(&name)).collect();
+        bail!("{} is not a valid contract (run `tessera lint` on it):\n{}", name, rendered.join("\n"));
     }
-    linted
-        .contract
-        .with_context(|| format!("{} could not be read as a contract", path.display()))
+    linted.contract.with_context(|| format!("{} could not be read as a contract", path.display()))
 }
 
 pub fn diff(old: &Path, new: &Path, policy: Option<&Path>, format: Format) -> Result<ExitCode> {
@@ -112,11 +75,7 @@ pub fn diff(old: &Path, new: &Path, policy: Option<&Path>, format: Format) -> Re
         Format::Text => print!("{d}"),
         Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
     }
-    Ok(if d.is_valid_successor() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if d.is_valid_successor() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn export_odcs(file: &Path, output: Option<&Path>, policy: Option<&Path>) -> Result<ExitCode> {
@@ -124,8 +83,7 @@ pub fn export_odcs(file: &Path, output: Option<&Path>, policy: Option<&Path>) ->
     let contract = valid_contract(file, &policy)?;
     let yaml = odcs::to_yaml(&odcs::export(&contract));
     match output {
-        Some(path) => std::fs::write(path, yaml)
-            .with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => std::fs::write(path, yaml).with_context(|| format!("cannot write {}", path.display()))?,
         None => print!("{yaml}"),
     }
     Ok(ExitCode::SUCCESS)

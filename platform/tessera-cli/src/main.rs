@@ -17,11 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "tessera",
-    version,
-    about = "Tessera: event-sourced data products with data contracts"
-)]
+#[command(name = "tessera", version, about = "Tessera: event-sourced data products with data contracts")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,34 +99,14 @@ enum SamplesAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Lint {
-            files,
-            policy,
-            format,
-        } => contracts::lint(&files, policy.as_deref(), format),
-        Command::Diff {
-            old,
-            new,
-            policy,
-            format,
-        } => contracts::diff(&old, &new, policy.as_deref(), format),
-        Command::Export {
-            target:
-                ExportTarget::Odcs {
-                    file,
-                    output,
-                    policy,
-                },
-        } => contracts::export_odcs(&file, output.as_deref(), policy.as_deref()),
-        Command::Samples {
-            action:
-                SamplesAction::Generate {
-                    contract,
-                    streams,
-                    seed,
-                    output,
-                },
-        } => samples::generate_command(&contract, streams, seed, output.as_deref()),
+        Command::Lint { files, policy, format } => contracts::lint(&files, policy.as_deref(), format),
+        Command::Diff { old, new, policy, format } => contracts::diff(&old, &new, policy.as_deref(), format),
+        Command::Export { target: ExportTarget::Odcs { file, output, policy } } => {
+            contracts::export_odcs(&file, output.as_deref(), policy.as_deref())
+        }
+        Command::Samples { action: SamplesAction::Generate { contract, streams, seed, output } } => {
+            samples::generate_command(&contract, streams, seed, output.as_deref())
+        }
     };
     match result {
         Ok(code) => code,

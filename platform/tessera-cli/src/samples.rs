@@ -19,9 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
-use tessera_contract::model::{
-    Contract, EventType, FieldPath, Projection, Rule, Source, UpcastStep,
-};
+use tessera_contract::model::{Contract, EventType, FieldPath, Projection, Rule, Source, UpcastStep};
 use tessera_contract::{Policy, upcast};
 use tessera_core::EventTypeName;
 
@@ -29,23 +27,15 @@ use tessera_core::EventTypeName;
 const EPOCH_MS: i64 = 1_767_225_600_000;
 
 const FIRST: [&str; 16] = [
-    "Ada", "Bruno", "Chiara", "Dmitri", "Elif", "Farah", "Gustav", "Hana", "Ines", "Jonas",
-    "Keiko", "Lars", "Maya", "Nils", "Olga", "Pedro",
+    "Ada", "Bruno", "Chiara", "Dmitri", "Elif", "Farah", "Gustav", "Hana", "Ines", "Jonas", "Keiko", "Lars", "Maya", "Nils", "Olga",
+    "Pedro",
 ];
 const LAST: [&str; 16] = [
-    "Lovelace", "Santos", "Rossi", "Ivanov", "Yilmaz", "Haddad", "Berg", "Sato", "Moreau", "Weber",
-    "Tanaka", "Nielsen", "Cohen", "Larsen", "Novak", "Silva",
+    "Lovelace", "Santos", "Rossi", "Ivanov", "Yilmaz", "Haddad", "Berg", "Sato", "Moreau", "Weber", "Tanaka", "Nielsen", "Cohen", "Larsen",
+    "Novak", "Silva",
 ];
-const STREETS: [&str; 8] = [
-    "High Street",
-    "Station Road",
-    "Mill Lane",
-    "Church Street",
-    "Park Avenue",
-    "Kingsway",
-    "Elm Grove",
-    "Harbour View",
-];
+const STREETS: [&str; 8] =
+    ["High Street", "Station Road", "Mill Lane", "Church Street", "Park Avenue", "Kingsway", "Elm Grove", "Harbour View"];
 const CITIES: [(&str, &str); 8] = [
     ("London", "GB"),
     ("Berlin", "DE"),
@@ -56,27 +46,17 @@ const CITIES: [(&str, &str); 8] = [
     ("Oslo", "NO"),
     ("New York", "US"),
 ];
-const WORDS: [&str; 12] = [
-    "alpha", "bravo", "delta", "echo", "nova", "orbit", "pixel", "quartz", "river", "solar",
-    "terra", "vector",
-];
+const WORDS: [&str; 12] = ["alpha", "bravo", "delta", "echo", "nova", "orbit", "pixel", "quartz", "river", "solar", "terra", "vector"];
 
-pub fn generate_command(
-    contract: &Path,
-    streams: usize,
-    seed: u64,
-    output: Option<&Path>,
-) -> Result<ExitCode> {
+pub fn generate_command(contract: &Path, streams: usize, seed: u64, output: Option<&Path>) -> Result<ExitCode> {
     let policy = Policy::builtin();
-    let bytes =
-        std::fs::read(contract).with_context(|| format!("cannot read {}", contract.display()))?;
+    let bytes = std::fs::read(contract).with_context(|| format!("cannot read {}", contract.display()))?;
     let contract = tessera_contract::lint_bytes(&bytes, &policy)
         .valid()
         .with_context(|| "the contract has errors: run `tessera lint` on it first".to_owned())?;
     let text = generate(&contract, streams, seed);
     match output {
-        Some(path) => std::fs::write(path, &text)
-            .with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?,
         None => print!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
@@ -129,11 +109,7 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
         };
         let mut types: Vec<&EventTypeName> = create.iter().collect();
         for (event, repeats) in &middle {
-            let times = if *repeats {
-                rng.usize(1..4)
-            } else {
-                usize::from(rng.f32() < 0.5)
-            };
+            let times = if *repeats { rng.usize(1..4) } else { usize::from(rng.f32() < 0.5) };
             types.extend(std::iter::repeat_n(event, times));
         }
         if let Some(d) = &delete {
@@ -146,16 +122,8 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
                 continue;
             };
             state.clock_ms += rng.i64(60_000..36 * 3_600_000);
-            let keys = key_fields(contract, event_name);
-            let payload = object(
-                &event.schema,
-                &event.schema,
-                "",
-                &keys,
-                &stream_id,
-                &mut state,
-                &mut rng,
-            );
+            let keys = key_fields(contract);
+            let payload = object(&event.schema, &event.schema, "", &keys, &stream_id, &mut state, &mut rng);
             let (schema_version, payload) = maybe_older(event, payload, &mut rng);
             let id = uuid_v7(state.clock_ms, &mut rng);
             let line = json!({
@@ -167,11 +135,7 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
                 "metadata": { "producer": format!("{}-service", contract.domain), "correlation_id": uuid_v7(state.clock_ms, &mut rng) },
                 "expected_version": version,
             });
-            samples.push(Sample {
-                at_ms: state.clock_ms,
-                seq: samples.len(),
-                line,
-            });
+            samples.push(Sample { at_ms: state.clock_ms, seq: samples.len(), line });
         }
     }
     // Interleave streams by time, as producers would append them.
@@ -184,13 +148,7 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
 }
 
 /// The creating event, the others (with whether they repeat), the deleting one.
-fn lifecycle(
-    contract: &Contract,
-) -> (
-    Option<EventTypeName>,
-    Vec<(EventTypeName, bool)>,
-    Option<EventTypeName>,
-) {
+fn lifecycle(contract: &Contract) -> (Option<EventTypeName>, Vec<(EventTypeName, bool)>, Option<EventTypeName>) {
     let mut create = None;
     let mut delete = None;
     let mut in_upsert = Vec::new();
@@ -217,43 +175,34 @@ fn lifecycle(
     (create, middle, delete)
 }
 
-/// Payload paths that some upsert rule maps to a key column for this event:
-/// they carry the stream's id.
-fn key_fields(contract: &Contract, event: &EventTypeName) -> Vec<String> {
+/// Payload paths that the first upsert table's rules map to its key: in
+/// every event of a stream, a field at such a path carries the stream's id.
+fn key_fields(contract: &Contract) -> Vec<String> {
     let mut out = Vec::new();
-    for table in contract.tables.values() {
-        if let Projection::Upsert { key, rules } = &table.projection {
-            if let Some(rule) = rules.get(event) {
-                for k in key {
-                    if let Some(Source::Payload(p)) = rule.assignments().get(k) {
-                        out.push(p.to_string());
-                    }
+    if let Some(Projection::Upsert { key, rules }) =
+        contract.tables.values().map(|t| &t.projection).find(|p| matches!(p, Projection::Upsert { .. }))
+    {
+        for rule in rules.values() {
+            for k in key {
+                if let Some(Source::Payload(p)) = rule.assignments().get(k) {
+                    out.push(p.to_string());
                 }
             }
-            break;
         }
     }
+    out.sort();
+    out.dedup();
     out
 }
 
 fn prefix(product: &str) -> String {
-    product
-        .chars()
-        .filter(char::is_ascii_alphabetic)
-        .take(3)
-        .collect::<String>()
-        .to_uppercase()
+    product.chars().filter(char::is_ascii_alphabetic).take(3).collect::<String>().to_uppercase()
 }
 
 fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
     let mut node = node;
     for _ in 0..16 {
-        match node
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.strip_prefix('#'))
-            .and_then(|p| root.pointer(p))
-        {
+        match node.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')).and_then(|p| root.pointer(p)) {
             Some(next) => node = next,
             None => break,
         }
@@ -262,42 +211,16 @@ fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn object(
-    root: &Value,
-    schema: &Value,
-    path: &str,
-    keys: &[String],
-    stream: &str,
-    st: &mut StreamState,
-    rng: &mut fastrand::Rng,
-) -> Value {
+fn object(root: &Value, schema: &Value, path: &str, keys: &[String], stream: &str, st: &mut StreamState, rng: &mut fastrand::Rng) -> Value {
     let schema = deref(root, schema);
-    let required: Vec<&str> = schema
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let required: Vec<&str> = schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
     let mut out = Map::new();
-    for (name, prop) in schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
+    for (name, prop) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
         if !required.contains(&name.as_str()) && rng.f32() < 0.2 {
             continue;
         }
-        let here = if path.is_empty() {
-            name.clone()
-        } else {
-            format!("{path}.{name}")
-        };
-        out.insert(
-            name.clone(),
-            value(root, prop, &here, name, keys, stream, st, rng),
-        );
+        let here = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+        out.insert(name.clone(), value(root, prop, &here, name, keys, stream, st, rng));
     }
     Value::Object(out)
 }
@@ -320,27 +243,14 @@ fn value(
     if let Some(v) = schema.get("const") {
         return v.clone();
     }
-    let classification = schema
-        .get("classification")
-        .and_then(Value::as_str)
-        .filter(|c| *c != "none");
+    let classification = schema.get("classification").and_then(Value::as_str).filter(|c| *c != "none");
     let identity = name == "id" || name.ends_with("_id") || classification.is_some();
     if identity {
         if let Some(v) = st.remembered.get(path) {
             return v.clone();
         }
     }
-    let v = fresh(
-        root,
-        schema,
-        path,
-        name,
-        classification,
-        keys,
-        stream,
-        st,
-        rng,
-    );
+    let v = fresh(root, schema, path, name, classification, keys, stream, st, rng);
     if identity {
         st.remembered.insert(path.to_owned(), v.clone());
     }
@@ -359,20 +269,12 @@ fn fresh(
     st: &mut StreamState,
     rng: &mut fastrand::Rng,
 ) -> Value {
-    if let Some(options) = schema
-        .get("enum")
-        .and_then(Value::as_array)
-        .filter(|o| !o.is_empty())
-    {
+    if let Some(options) = schema.get("enum").and_then(Value::as_array).filter(|o| !o.is_empty()) {
         return options[rng.usize(..options.len())].clone();
     }
     let types: Vec<&str> = match schema.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
-        Some(Value::Array(ts)) => ts
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|t| *t != "null")
-            .collect(),
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect(),
         _ if schema.get("properties").is_some() => vec!["object"],
         _ => vec!["string"],
     };
@@ -382,34 +284,14 @@ fn fresh(
     match types.first().copied().unwrap_or("string") {
         "object" => object(root, schema, path, keys, stream, st, rng),
         "array" => {
-            let items = schema
-                .get("items")
-                .cloned()
-                .unwrap_or(json!({"type": "string"}));
+            let items = schema.get("items").cloned().unwrap_or(json!({"type": "string"}));
             let n = rng.usize(1..4);
-            Value::Array(
-                (0..n)
-                    .map(|_| {
-                        value(
-                            root,
-                            &items,
-                            &format!("{path}[]"),
-                            name,
-                            keys,
-                            stream,
-                            st,
-                            rng,
-                        )
-                    })
-                    .collect(),
-            )
+            Value::Array((0..n).map(|_| value(root, &items, &format!("{path}[]"), name, keys, stream, st, rng)).collect())
         }
         "boolean" => json!(rng.bool()),
         "integer" => {
             let lo = min.unwrap_or(if name.contains("year") { 1950.0 } else { 1.0 }) as i64;
-            let hi = max
-                .map(|m| m as i64)
-                .unwrap_or(lo + if name.contains("year") { 55 } else { 99 });
+            let hi = max.map(|m| m as i64).unwrap_or(lo + if name.contains("year") { 55 } else { 99 });
             if name.ends_with("_no") || name.starts_with("seq") {
                 let c = st.counters.entry(path.to_owned()).or_insert(lo - 1);
                 *c += 1;
@@ -427,19 +309,10 @@ fn fresh(
             let format = schema.get("format").and_then(Value::as_str);
             let text = match (classification, format) {
                 (Some("pii.email"), _) | (_, Some("email")) => {
-                    format!(
-                        "{}.{}{}@example.com",
-                        p.first.to_lowercase(),
-                        p.last.to_lowercase(),
-                        p.n
-                    )
+                    format!("{}.{}{}@example.com", p.first.to_lowercase(), p.last.to_lowercase(), p.n)
                 }
-                (Some("pii.name"), _) if name.contains("first") || name.contains("given") => {
-                    p.first.to_owned()
-                }
-                (Some("pii.name"), _) if name.contains("last") || name.contains("family") => {
-                    p.last.to_owned()
-                }
+                (Some("pii.name"), _) if name.contains("first") || name.contains("given") => p.first.to_owned(),
+                (Some("pii.name"), _) if name.contains("last") || name.contains("family") => p.last.to_owned(),
                 (Some("pii.name"), _) => format!("{} {}", p.first, p.last),
                 (Some("pii.phone"), _) => format!("+44 20 7946 {:04}", p.n),
                 (Some("pii.address"), _) if name.contains("post") || name.contains("zip") => {
@@ -449,12 +322,7 @@ fn fresh(
                 (Some("pii.address"), _) => format!("{} {}", p.house, p.street),
                 (Some("pii.national_id"), _) => format!("QQ{:06}C", p.n * 1000 + p.house),
                 (Some("pii.birth_date"), _) | (_, Some("date")) if name.contains("birth") => {
-                    format!(
-                        "{}-{:02}-{:02}",
-                        1950 + p.n % 55,
-                        1 + p.n % 12,
-                        1 + p.house % 28
-                    )
+                    format!("{}-{:02}-{:02}", 1950 + p.n % 55, 1 + p.n % 12, 1 + p.house % 28)
                 }
                 (Some("pii.ip_address"), _) | (_, Some("ipv4")) => {
                     format!("203.0.113.{}", p.n % 255)
@@ -466,11 +334,9 @@ fn fresh(
                 _ if name == "country" || name.ends_with("_country") => p.city.1.to_owned(),
                 _ if name == "city" => p.city.0.to_owned(),
                 _ if name.ends_with("_id") || name == "id" => {
-                    format!(
-                        "{}-{:06}",
-                        prefix(name.trim_end_matches("_id")),
-                        rng.u32(1..600)
-                    )
+                    // `customer.id` is a customer's id, like `customer_id`.
+                    let entity = if name == "id" { path.rsplit('.').nth(1).unwrap_or("id") } else { name.trim_end_matches("_id") };
+                    format!("{}-{:06}", prefix(entity), rng.u32(1..600))
                 }
                 _ if name == "sku" => format!("SKU-{:05}", rng.u32(1..2000)),
                 _ => format!("{}-{}", WORDS[rng.usize(..WORDS.len())], rng.u32(1..100)),
@@ -486,6 +352,16 @@ fn maybe_older(event: &EventType, payload: Value, rng: &mut fastrand::Rng) -> (u
         return (event.version, payload);
     }
     let target = rng.u32(1..event.version);
+    // Where an upcaster fills in a default, the older payload had none: the
+    // current one then holds exactly that default.
+    let mut payload = payload;
+    for u in event.upcasters.iter().filter(|u| u.from >= target) {
+        for step in &u.steps {
+            if let UpcastStep::Default { field, value } = step {
+                put(&mut payload, field, value.clone());
+            }
+        }
+    }
     let mut old = payload.clone();
     for u in event.upcasters.iter().rev().filter(|u| u.from >= target) {
         for step in u.steps.iter().rev() {
@@ -522,11 +398,7 @@ fn invert(step: &UpcastStep, v: &mut Value) {
             if let Some(slot) = get_mut(v, field) {
                 if let Some(x) = slot.as_f64() {
                     let y = (x / by * 1e6).round() / 1e6;
-                    *slot = if y.fract() == 0.0 {
-                        json!(y as i64)
-                    } else {
-                        json!(y)
-                    };
+                    *slot = if y.fract() == 0.0 { json!(y as i64) } else { json!(y) };
                 }
             }
         }
@@ -547,11 +419,7 @@ fn take(v: &mut Value, p: &FieldPath) -> Option<Value> {
     let parent = parents.iter().try_fold(&mut *v, |n, s| n.get_mut(s))?;
     let removed = parent.as_object_mut()?.shift_remove(last);
     // Drop parents the move emptied, as the older shape had none.
-    if parents.len() == 1
-        && v.get(&parents[0])
-            .and_then(Value::as_object)
-            .is_some_and(Map::is_empty)
-    {
+    if parents.len() == 1 && v.get(&parents[0]).and_then(Value::as_object).is_some_and(Map::is_empty) {
         v.as_object_mut().and_then(|o| o.shift_remove(&parents[0]));
     }
     removed
@@ -577,9 +445,7 @@ fn put(v: &mut Value, p: &FieldPath, x: Value) {
 fn uuid_v7(ms: i64, rng: &mut fastrand::Rng) -> String {
     let mut random = [0u8; 10];
     rng.fill(&mut random);
-    uuid::Builder::from_unix_timestamp_millis(ms as u64, &random)
-        .into_uuid()
-        .to_string()
+    uuid::Builder::from_unix_timestamp_millis(ms as u64, &random).into_uuid().to_string()
 }
 
 /// `2026-01-01T12:34:56Z` (or the date alone) for milliseconds since 1970.
@@ -598,12 +464,7 @@ fn iso(ms: i64, with_time: bool) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     if with_time {
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
     } else {
         format!("{y:04}-{m:02}-{d:02}")
     }
@@ -616,10 +477,7 @@ mod tests {
     #[test]
     fn iso_dates() {
         assert_eq!(iso(EPOCH_MS, true), "2026-01-01T00:00:00Z");
-        assert_eq!(
-            iso(EPOCH_MS + 59 * 86_400_000 + 3_723_000, true),
-            "2026-03-01T01:02:03Z"
-        );
+        assert_eq!(iso(EPOCH_MS + 59 * 86_400_000 + 3_723_000, true), "2026-03-01T01:02:03Z");
         assert_eq!(iso(0, false), "1970-01-01");
     }
 }

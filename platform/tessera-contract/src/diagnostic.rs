@@ -190,10 +190,7 @@ impl Diagnostic {
 
     /// A warning about the value at `pointer`.
     pub fn warning(code: Code, pointer: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Warning,
-            ..Self::error(code, pointer, message)
-        }
+        Self { severity: Severity::Warning, ..Self::error(code, pointer, message) }
     }
 
     /// Points at the key of the node rather than its value.
@@ -229,11 +226,7 @@ impl Diagnostic {
             Severity::Warning => "warning",
         };
         let pos = self.position.unwrap_or(Position { line: 1, column: 1 });
-        let _ = write!(
-            out,
-            "{file}:{}:{}: {severity}[{}]: {}",
-            pos.line, pos.column, self.code, self.message
-        );
+        let _ = write!(out, "{file}:{}:{}: {severity}[{}]: {}", pos.line, pos.column, self.code, self.message);
         if let Some(help) = &self.help {
             let _ = write!(out, "\n  = help: {help}");
         }
@@ -246,31 +239,19 @@ impl Diagnostic {
 pub fn nearest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| {
-            (
-                strsim::damerau_levenshtein(&wrong.to_lowercase(), &c.to_lowercase()),
-                c,
-            )
-        })
+        .map(|c| (strsim::damerau_levenshtein(&wrong.to_lowercase(), &c.to_lowercase()), c))
         .filter(|(distance, c)| *distance <= (c.len().max(wrong.len()) / 3).max(2))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, c)| c)
 }
 
 /// "did you mean `x`?" when there is a near name, otherwise the list of valid ones.
-pub fn suggestion<'a>(
-    wrong: &str,
-    candidates: impl IntoIterator<Item = &'a str> + Clone,
-) -> String {
+pub fn suggestion<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str> + Clone) -> String {
     match nearest(wrong, candidates.clone()) {
         Some(near) => format!("did you mean `{near}`?"),
         None => {
             let all: Vec<String> = candidates.into_iter().map(|c| format!("`{c}`")).collect();
-            if all.is_empty() {
-                "there is nothing to refer to yet".to_owned()
-            } else {
-                format!("expected one of {}", all.join(", "))
-            }
+            if all.is_empty() { "there is nothing to refer to yet".to_owned() } else { format!("expected one of {}", all.join(", ")) }
         }
     }
 }
@@ -290,10 +271,7 @@ mod tests {
     #[test]
     fn nearest_finds_typos_and_ignores_strangers() {
         assert_eq!(nearest("colums", ["columns", "checks"]), Some("columns"));
-        assert_eq!(
-            nearest("OrderPlacd", ["OrderPlaced", "OrderShipped"]),
-            Some("OrderPlaced")
-        );
+        assert_eq!(nearest("OrderPlacd", ["OrderPlaced", "OrderShipped"]), Some("OrderPlaced"));
         assert_eq!(nearest("zebra", ["columns", "checks"]), None);
     }
 }

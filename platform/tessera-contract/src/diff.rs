@@ -55,13 +55,7 @@ impl Diff {
 
 impl fmt::Display for Diff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} -> {}: {} change(s)",
-            self.old_version,
-            self.new_version,
-            self.changes.len()
-        )?;
+        writeln!(f, "{} -> {}: {} change(s)", self.old_version, self.new_version, self.changes.len())?;
         for c in &self.changes {
             let tag = match c.impact {
                 Impact::Breaking => "breaking",
@@ -80,18 +74,10 @@ struct Changes(Vec<Change>);
 
 impl Changes {
     fn breaking(&mut self, subject: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Change {
-            impact: Impact::Breaking,
-            subject: subject.into(),
-            message: message.into(),
-        });
+        self.0.push(Change { impact: Impact::Breaking, subject: subject.into(), message: message.into() });
     }
     fn compatible(&mut self, subject: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Change {
-            impact: Impact::Compatible,
-            subject: subject.into(),
-            message: message.into(),
-        });
+        self.0.push(Change { impact: Impact::Compatible, subject: subject.into(), message: message.into() });
     }
 }
 
@@ -114,47 +100,24 @@ pub fn diff(old: &Contract, new: &Contract, policy: &Policy) -> Diff {
         ch.compatible("description", "changed");
     }
     if old.owner != new.owner {
-        ch.compatible(
-            "owner",
-            format!(
-                "{} <{}> -> {} <{}>",
-                old.owner.team, old.owner.contact, new.owner.team, new.owner.contact
-            ),
-        );
+        ch.compatible("owner", format!("{} <{}> -> {} <{}>", old.owner.team, old.owner.contact, new.owner.team, new.owner.contact));
     }
     if old.tags != new.tags {
-        ch.compatible(
-            "tags",
-            format!("[{}] -> [{}]", old.tags.join(", "), new.tags.join(", ")),
-        );
+        ch.compatible("tags", format!("[{}] -> [{}]", old.tags.join(", "), new.tags.join(", ")));
     }
     if old.status != new.status {
-        ch.compatible(
-            "status",
-            format!("{} -> {}", old.status.as_str(), new.status.as_str()),
-        );
+        ch.compatible("status", format!("{} -> {}", old.status.as_str(), new.status.as_str()));
     }
     match (&old.freshness, &new.freshness) {
         (Some(a), Some(b)) if b.seconds > a.seconds => {
             ch.breaking(
                 "service_levels.freshness",
-                format!(
-                    "looser target {} -> {}: consumers rely on the promised freshness",
-                    a.text, b.text
-                ),
+                format!("looser target {} -> {}: consumers rely on the promised freshness", a.text, b.text),
             );
         }
-        (Some(a), Some(b)) if a != b => ch.compatible(
-            "service_levels.freshness",
-            format!("{} -> {}", a.text, b.text),
-        ),
-        (Some(a), None) => ch.breaking(
-            "service_levels.freshness",
-            format!("the {} target was dropped", a.text),
-        ),
-        (None, Some(b)) => {
-            ch.compatible("service_levels.freshness", format!("new target {}", b.text))
-        }
+        (Some(a), Some(b)) if a != b => ch.compatible("service_levels.freshness", format!("{} -> {}", a.text, b.text)),
+        (Some(a), None) => ch.breaking("service_levels.freshness", format!("the {} target was dropped", a.text)),
+        (None, Some(b)) => ch.compatible("service_levels.freshness", format!("new target {}", b.text)),
         _ => {}
     }
 
@@ -183,15 +146,9 @@ pub fn diff(old: &Contract, new: &Contract, policy: &Policy) -> Diff {
     let changes = ch.0;
     let breaking = changes.iter().any(|c| c.impact == Impact::Breaking);
     if new.version < old.version {
-        errors.push(format!(
-            "the version goes backwards: {} is older than {}",
-            new.version, old.version
-        ));
+        errors.push(format!("the version goes backwards: {} is older than {}", new.version, old.version));
     } else if new.version == old.version && !changes.is_empty() {
-        errors.push(format!(
-            "the contract changed but its version is still {}: raise it",
-            new.version
-        ));
+        errors.push(format!("the contract changed but its version is still {}: raise it", new.version));
     } else if breaking && new.version.major <= old.version.major && new.version > old.version {
         errors.push(format!(
             "breaking changes need a new major version: {} -> {} keeps major {}; publish {}.0.0",
@@ -201,43 +158,36 @@ pub fn diff(old: &Contract, new: &Contract, policy: &Policy) -> Diff {
             old.version.major + 1
         ));
     }
-    Diff {
-        old_version: old.version.to_string(),
-        new_version: new.version.to_string(),
-        changes,
-        errors,
-    }
+    Diff { old_version: old.version.to_string(), new_version: new.version.to_string(), changes, errors }
 }
 
 fn events(ch: &mut Changes, subject: &str, old: &EventType, new: &EventType) {
     if new.version < old.version {
-        ch.breaking(subject, format!("schema version lowered {} -> {}: stored events of version {} can no longer be read", old.version, new.version, old.version));
+        ch.breaking(
+            subject,
+            format!(
+                "schema version lowered {} -> {}: stored events of version {} can no longer be read",
+                old.version, new.version, old.version
+            ),
+        );
         return;
     }
     if new.version > old.version {
-        ch.compatible(
-            subject,
-            format!(
-                "schema version {} -> {}, older payloads upcast",
-                old.version, new.version
-            ),
-        );
+        ch.compatible(subject, format!("schema version {} -> {}, older payloads upcast", old.version, new.version));
     }
     for u in &old.upcasters {
         if !new.upcasters.iter().any(|n| n.from == u.from) {
-            ch.breaking(format!("{subject}.upcasters"), format!("the upcaster from version {} was removed: stored events of that version can no longer be read", u.from));
-        } else if new.upcasters.iter().any(|n| n.from == u.from && n != u) {
-            ch.compatible(
+            ch.breaking(
                 format!("{subject}.upcasters"),
-                format!("the upcaster from version {} changed", u.from),
+                format!("the upcaster from version {} was removed: stored events of that version can no longer be read", u.from),
             );
+        } else if new.upcasters.iter().any(|n| n.from == u.from && n != u) {
+            ch.compatible(format!("{subject}.upcasters"), format!("the upcaster from version {} changed", u.from));
         }
     }
     if old.schema != new.schema && new.version == old.version {
-        let newly_required: Vec<String> = required_paths(&new.schema)
-            .into_iter()
-            .filter(|p| !required_paths(&old.schema).contains(p))
-            .collect();
+        let newly_required: Vec<String> =
+            required_paths(&new.schema).into_iter().filter(|p| !required_paths(&old.schema).contains(p)).collect();
         if newly_required.is_empty() {
             ch.compatible(format!("{subject}.schema"), "payload schema changed");
         } else {
@@ -260,10 +210,7 @@ fn required_paths(schema: &Value) -> Vec<String> {
         .into_iter()
         .filter_map(|p| {
             let path = crate::model::FieldPath::parse(&p.path)?;
-            payload::resolve(schema, &path)
-                .ok()
-                .filter(|f| f.always_present)
-                .map(|_| p.path)
+            payload::resolve(schema, &path).ok().filter(|f| f.always_present).map(|_| p.path)
         })
         .collect()
 }
@@ -272,23 +219,13 @@ fn tables(ch: &mut Changes, policy: &Policy, subject: &str, old: &Table, new: &T
     if old.projection.kind() != new.projection.kind() {
         ch.breaking(
             subject,
-            format!(
-                "projection changed from {} to {}: rows mean something else",
-                old.projection.kind(),
-                new.projection.kind()
-            ),
+            format!("projection changed from {} to {}: rows mean something else", old.projection.kind(), new.projection.kind()),
         );
     } else {
         match (&old.projection, &new.projection) {
-            (
-                Projection::Upsert { key: a, rules: ra },
-                Projection::Upsert { key: b, rules: rb },
-            ) => {
+            (Projection::Upsert { key: a, rules: ra }, Projection::Upsert { key: b, rules: rb }) => {
                 if a != b {
-                    ch.breaking(
-                        format!("{subject}.key"),
-                        format!("key changed [{}] -> [{}]", join(a), join(b)),
-                    );
+                    ch.breaking(format!("{subject}.key"), format!("key changed [{}] -> [{}]", join(a), join(b)));
                 }
                 if ra != rb {
                     ch.compatible(format!("{subject}.upsert"), "projection rules changed");
@@ -297,9 +234,7 @@ fn tables(ch: &mut Changes, policy: &Policy, subject: &str, old: &Table, new: &T
             (Projection::Append { rules: ra }, Projection::Append { rules: rb }) if ra != rb => {
                 ch.compatible(format!("{subject}.append"), "projection rules changed");
             }
-            (Projection::Sql { query: a, .. }, Projection::Sql { query: b, .. })
-                if a.trim() != b.trim() =>
-            {
+            (Projection::Sql { query: a, .. }, Projection::Sql { query: b, .. }) if a.trim() != b.trim() => {
                 ch.compatible(format!("{subject}.sql"), "query changed");
             }
             _ => {}
@@ -308,29 +243,11 @@ fn tables(ch: &mut Changes, policy: &Policy, subject: &str, old: &Table, new: &T
     if old.description != new.description {
         ch.compatible(format!("{subject}.description"), "changed");
     }
-    columns(
-        ch,
-        policy,
-        &format!("{subject}.columns"),
-        old.columns.iter().map(|(k, v)| (k.as_str(), v)),
-        &new.columns,
-        |n| n.as_str(),
-    );
+    columns(ch, policy, &format!("{subject}.columns"), old.columns.iter().map(|(k, v)| (k.as_str(), v)), &new.columns, |n| n.as_str());
     if old.checks != new.checks {
-        let added = new
-            .checks
-            .iter()
-            .filter(|c| !old.checks.contains(c))
-            .count();
-        let removed = old
-            .checks
-            .iter()
-            .filter(|c| !new.checks.contains(c))
-            .count();
-        ch.compatible(
-            format!("{subject}.checks"),
-            format!("{added} check(s) added, {removed} removed"),
-        );
+        let added = new.checks.iter().filter(|c| !old.checks.contains(c)).count();
+        let removed = old.checks.iter().filter(|c| !new.checks.contains(c)).count();
+        ch.compatible(format!("{subject}.checks"), format!("{added} check(s) added, {removed} removed"));
     }
 }
 
@@ -347,29 +264,19 @@ fn columns<'a, K>(
     for (name, col) in old.clone() {
         let at = format!("{subject}.{name}");
         let Some(n) = find(name) else {
-            let renamed = new.iter().find(|(k, c)| {
-                !old.clone().any(|(o, _)| o == key(k)) && c.data_type == col.data_type
-            });
+            let renamed = new.iter().find(|(k, c)| !old.clone().any(|(o, _)| o == key(k)) && c.data_type == col.data_type);
             match renamed {
-                Some((k, _)) => {
-                    ch.breaking(at, format!("column removed (renamed to `{}`?)", key(k)))
-                }
+                Some((k, _)) => ch.breaking(at, format!("column removed (renamed to `{}`?)", key(k))),
                 None => ch.breaking(at, "column removed"),
             }
             continue;
         };
         column(ch, policy, &at, col, n);
     }
-    for name in new_names
-        .iter()
-        .filter(|n| !old.clone().any(|(o, _)| o == **n))
-    {
+    for name in new_names.iter().filter(|n| !old.clone().any(|(o, _)| o == **n)) {
         let at = format!("{subject}.{name}");
         match find(name) {
-            Some(c) if c.required => ch.breaking(
-                at,
-                "required column added: rows written before it have no value; add it as nullable",
-            ),
+            Some(c) if c.required => ch.breaking(at, "required column added: rows written before it have no value; add it as nullable"),
             _ => ch.compatible(at, "nullable column added"),
         }
     }
@@ -378,31 +285,15 @@ fn columns<'a, K>(
 fn column(ch: &mut Changes, policy: &Policy, at: &str, old: &Column, new: &Column) {
     match (&old.data_type, &new.data_type) {
         (DataType::Struct(a), DataType::Struct(b)) => {
-            columns(
-                ch,
-                policy,
-                &format!("{at}.fields"),
-                a.iter().map(|(k, v)| (k.as_str(), v)),
-                b,
-                |n| n.as_str(),
-            );
+            columns(ch, policy, &format!("{at}.fields"), a.iter().map(|(k, v)| (k.as_str(), v)), b, |n| n.as_str());
         }
         (a, b) if a == b => {}
         (a, b) if a.widens_to(b) => ch.compatible(at, format!("type widened {a} -> {b}")),
-        (a, b) => ch.breaking(
-            at,
-            format!("type changed {a} -> {b}: values may no longer fit"),
-        ),
+        (a, b) => ch.breaking(at, format!("type changed {a} -> {b}: values may no longer fit")),
     }
     match (old.required, new.required) {
-        (false, true) => ch.breaking(
-            at,
-            "nullable -> required: rows with no value break the new constraint",
-        ),
-        (true, false) => ch.breaking(
-            at,
-            "required -> nullable: consumers that rely on a value get nulls",
-        ),
+        (false, true) => ch.breaking(at, "nullable -> required: rows with no value break the new constraint"),
+        (true, false) => ch.breaking(at, "required -> nullable: consumers that rely on a value get nulls"),
         _ => {}
     }
     if old.description != new.description {
@@ -420,21 +311,10 @@ fn column(ch: &mut Changes, policy: &Policy, at: &str, old: &Column, new: &Colum
     }
     if old.classification != new.classification {
         let show = |c: &Option<String>| c.clone().unwrap_or_else(|| "unclassified".into());
-        ch.compatible(
-            at,
-            format!(
-                "classification {} -> {}",
-                show(&old.classification),
-                show(&new.classification)
-            ),
-        );
+        ch.compatible(at, format!("classification {} -> {}", show(&old.classification), show(&new.classification)));
     }
 }
 
 fn join<T: fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

@@ -22,15 +22,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
             let here = format!("{at}{}", prop.pointer);
             let classification = prop.schema.get("classification").and_then(|v| v.as_str());
             let justification = prop.schema.get("justification").and_then(|v| v.as_str());
-            classify(
-                &mut out,
-                policy,
-                &here,
-                &format!("payload field `{}`", prop.path),
-                prop.name,
-                classification,
-                justification,
-            );
+            classify(&mut out, policy, &here, &format!("payload field `{}`", prop.path), prop.name, classification, justification);
             if let Some(c) = classification.filter(|c| *c != NONE) {
                 personal.push(format!("{} ({c})", prop.path));
             }
@@ -55,9 +47,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
         }
         // A column filled from a classified payload field is masked at least as strictly.
         let rules: Vec<_> = match &table.projection {
-            Projection::Upsert { rules, .. } => {
-                rules.iter().map(|(e, r)| (e, r.assignments())).collect()
-            }
+            Projection::Upsert { rules, .. } => rules.iter().map(|(e, r)| (e, r.assignments())).collect(),
             Projection::Append { rules } => rules.iter().collect(),
             Projection::Sql { .. } => Vec::new(),
         };
@@ -66,8 +56,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                 continue;
             };
             for (col_name, source) in assigned {
-                let (Source::Payload(path), Some(col)) = (source, table.columns.get(col_name))
-                else {
+                let (Source::Payload(path), Some(col)) = (source, table.columns.get(col_name)) else {
                     continue;
                 };
                 let Ok(field) = payload::resolve(&event.schema, path) else {
@@ -84,8 +73,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                     .filter_map(|role| {
                         let needed = *source_policy.masking.get(&role)?;
                         let given = policy.effective(col, role)?;
-                        (policy.rank(given) < policy.rank(needed))
-                            .then(|| format!("{role} gets {given} instead of {needed}"))
+                        (policy.rank(given) < policy.rank(needed)).then(|| format!("{role} gets {given} instead of {needed}"))
                     })
                     .collect();
                 if !weaker.is_empty() {
@@ -93,7 +81,10 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                         Diagnostic::error(
                             Code::GovernanceWeakerThanSource,
                             format!("/tables/{table_name}/columns/{col_name}"),
-                            format!("column `{col_name}` is filled from `payload.{path}` ({source_class}) but is masked less strictly: {}", weaker.join("; ")),
+                            format!(
+                                "column `{col_name}` is filled from `payload.{path}` ({source_class}) but is masked less strictly: {}",
+                                weaker.join("; ")
+                            ),
                         )
                         .at_key()
                         .help(format!("add `classification: {source_class}` to the column")),
@@ -106,15 +97,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
 }
 
 fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str, col: &Column) {
-    classify(
-        out,
-        policy,
-        at,
-        &format!("column `{name}`"),
-        name,
-        col.classification.as_deref(),
-        col.justification.as_deref(),
-    );
+    classify(out, policy, at, &format!("column `{name}`"), name, col.classification.as_deref(), col.justification.as_deref());
     let class_name = col.classification.as_deref().unwrap_or(NONE);
     if let Some(class) = policy.classifications.get(class_name) {
         for (role, own) in &col.masking {
@@ -139,9 +122,7 @@ fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str
             if !strategy.applies_to(&col.data_type) {
                 let stricter: Vec<&str> = Strategy::ALL
                     .into_iter()
-                    .filter(|s| {
-                        policy.rank(*s) > policy.rank(strategy) && s.applies_to(&col.data_type)
-                    })
+                    .filter(|s| policy.rank(*s) > policy.rank(strategy) && s.applies_to(&col.data_type))
                     .map(Strategy::as_str)
                     .collect();
                 out.push(
@@ -158,13 +139,7 @@ fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str
     }
     if let DataType::Struct(fields) = &col.data_type {
         for (field_name, field) in fields {
-            check_column(
-                out,
-                policy,
-                &child(&format!("{at}/fields"), field_name.as_str()),
-                field_name.as_str(),
-                field,
-            );
+            check_column(out, policy, &child(&format!("{at}/fields"), field_name.as_str()), field_name.as_str(), field);
         }
     }
 }
@@ -187,10 +162,7 @@ fn classify(
                 format!("{at}/classification"),
                 format!("unknown classification `{c}`"),
             )
-            .help(suggestion(
-                c,
-                policy.classifications.keys().map(String::as_str),
-            )),
+            .help(suggestion(c, policy.classifications.keys().map(String::as_str))),
         ),
         Some(NONE) => {
             if let Some(s) = suspected {
@@ -210,9 +182,13 @@ fn classify(
         None => {
             if let Some(s) = suspected {
                 out.push(
-                    Diagnostic::error(Code::GovernanceUnclassified, at.to_owned(), format!("{what} looks like personal data ({s}) but has no classification"))
-                        .at_key()
-                        .help(format!("add `classification: {s}`, or `classification: none` with a `justification`")),
+                    Diagnostic::error(
+                        Code::GovernanceUnclassified,
+                        at.to_owned(),
+                        format!("{what} looks like personal data ({s}) but has no classification"),
+                    )
+                    .at_key()
+                    .help(format!("add `classification: {s}`, or `classification: none` with a `justification`")),
                 );
             }
         }

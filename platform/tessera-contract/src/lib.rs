@@ -52,25 +52,16 @@ pub struct Linted {
 impl Linted {
     /// Whether any diagnostic is an error.
     pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }
 
     /// The contract, if it has no errors.
     pub fn valid(self) -> Option<Contract> {
-        if self.has_errors() {
-            None
-        } else {
-            self.contract
-        }
+        if self.has_errors() { None } else { self.contract }
     }
 
     fn failed(diagnostics: Vec<Diagnostic>) -> Self {
-        Self {
-            contract: None,
-            diagnostics,
-        }
+        Self { contract: None, diagnostics }
     }
 }
 
@@ -90,15 +81,22 @@ pub fn lint(text: &str, policy: &Policy) -> Linted {
     };
     let mut diagnostics = structure::check(&document.value);
     let mut contract = None;
-    if diagnostics.is_empty() {
-        match serde_path_to_error::deserialize::<_, wire::Contract>(&document.value) {
+    // Set aside the tables and events with structural errors, so that the
+    // rest of the file is still checked and every error shows in one run.
+    if let Some((value, pruned)) = prune(&document.value, &diagnostics) {
+        match serde_path_to_error::deserialize::<_, wire::Contract>(&value) {
             Ok(w) => {
-                let (model, found) = validate::contract(w);
-                diagnostics.extend(found);
+                let (model, mut found) = validate::contract(w);
                 if let Some(c) = &model {
-                    diagnostics.extend(governance::check(c, policy));
+                    found.extend(governance::check(c, policy));
                 }
-                contract = model;
+                // Drop what only follows from setting parts aside.
+                found.retain(|d| {
+                    !matches!(d.code, Code::RefUnknownEvent | Code::SqlInvalid)
+                        || !pruned.iter().any(|name| d.message.contains(&format!("`{name}`")))
+                });
+                diagnostics.extend(found);
+                contract = if pruned.is_empty() { model } else { None };
             }
             Err(e) => diagnostics.push(Diagnostic::error(
                 Code::SchemaInvalidValue,
@@ -112,8 +110,35 @@ pub fn lint(text: &str, policy: &Policy) -> Linted {
     }
     diagnostics.sort_by_key(|d| (d.position, d.code));
     diagnostics.dedup();
-    Linted {
-        contract,
-        diagnostics,
+    Linted { contract, diagnostics }
+}
+
+/// The document without the tables and events that have structural errors,
+/// and their names; `None` when an error elsewhere leaves nothing to check.
+fn prune(document: &serde_json::Value, errors: &[Diagnostic]) -> Option<(serde_json::Value, Vec<String>)> {
+    if errors.is_empty() {
+        return Some((document.clone(), Vec::new()));
     }
+    let mut value = document.clone();
+    let mut pruned = Vec::new();
+    for e in errors {
+        let mut parts = e.pointer.split('/').skip(1);
+        let (section, name) = (parts.next()?, parts.next());
+        let unescaped = |n: &str| n.replace("~1", "/").replace("~0", "~");
+        match (section, name) {
+            ("tables" | "events", Some(name)) => {
+                let name = unescaped(name);
+                value.get_mut(section)?.as_object_mut()?.shift_remove(&name);
+                pruned.push(name);
+            }
+            ("tags" | "status" | "service_levels" | "description", _) => {
+                value.as_object_mut()?.shift_remove(section);
+            }
+            (unknown, None) if e.code == Code::SchemaUnknownKey => {
+                value.as_object_mut()?.shift_remove(&unescaped(unknown));
+            }
+            _ => return None,
+        }
+    }
+    structure::check(&value).is_empty().then_some((value, pruned))
 }

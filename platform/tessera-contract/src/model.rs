@@ -34,10 +34,7 @@ pub struct Contract {
 impl Contract {
     /// `domain/name`.
     pub fn product(&self) -> ProductRef {
-        ProductRef {
-            domain: self.domain.clone(),
-            name: self.name.clone(),
-        }
+        ProductRef { domain: self.domain.clone(), name: self.name.clone() }
     }
 }
 
@@ -96,10 +93,7 @@ impl Freshness {
             'd' => 86_400,
             _ => return None,
         };
-        Some(Self {
-            text: text.to_owned(),
-            seconds: n.checked_mul(factor)?,
-        })
+        Some(Self { text: text.to_owned(), seconds: n.checked_mul(factor)? })
     }
 }
 
@@ -126,9 +120,7 @@ impl FieldPath {
         let parts: Vec<String> = s.split('.').map(str::to_owned).collect();
         let valid = |p: &String| {
             let mut c = p.chars();
-            c.next()
-                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-                && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+            c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
         };
         parts.iter().all(valid).then_some(Self(parts))
     }
@@ -151,29 +143,12 @@ pub struct Upcaster {
 /// One transformation of an upcaster; see `upcast` for the semantics.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpcastStep {
-    Move {
-        from: FieldPath,
-        to: FieldPath,
-    },
-    Default {
-        field: FieldPath,
-        value: Value,
-    },
-    Remove {
-        field: FieldPath,
-    },
-    Map {
-        field: FieldPath,
-        values: Map<String, Value>,
-    },
-    Scale {
-        field: FieldPath,
-        by: f64,
-    },
-    Cast {
-        field: FieldPath,
-        to: CastType,
-    },
+    Move { from: FieldPath, to: FieldPath },
+    Default { field: FieldPath, value: Value },
+    Remove { field: FieldPath },
+    Map { field: FieldPath, values: Map<String, Value> },
+    Scale { field: FieldPath, by: f64 },
+    Cast { field: FieldPath, to: CastType },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,19 +172,11 @@ pub struct Table {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Projection {
     /// Current state per key.
-    Upsert {
-        key: Vec<ColumnName>,
-        rules: IndexMap<EventTypeName, Rule>,
-    },
+    Upsert { key: Vec<ColumnName>, rules: IndexMap<EventTypeName, Rule> },
     /// One row per event.
-    Append {
-        rules: IndexMap<EventTypeName, Assignments>,
-    },
+    Append { rules: IndexMap<EventTypeName, Assignments> },
     /// Derived from the product's other tables.
-    Sql {
-        query: String,
-        reads: Vec<TableName>,
-    },
+    Sql { query: String, reads: Vec<TableName> },
 }
 
 impl Projection {
@@ -275,15 +242,8 @@ pub enum EventField {
 }
 
 impl EventField {
-    pub const ALL: [EventField; 7] = [
-        Self::Id,
-        Self::Type,
-        Self::Stream,
-        Self::Version,
-        Self::Position,
-        Self::RecordedAt,
-        Self::SchemaVersion,
-    ];
+    pub const ALL: [EventField; 7] =
+        [Self::Id, Self::Type, Self::Stream, Self::Version, Self::Position, Self::RecordedAt, Self::SchemaVersion];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -306,10 +266,7 @@ impl EventField {
         match self {
             Self::Id | Self::Type | Self::Stream => matches!(t, DataType::String),
             Self::Version | Self::Position | Self::SchemaVersion => {
-                matches!(
-                    t,
-                    DataType::Int64 | DataType::Decimal { .. } | DataType::String
-                )
+                matches!(t, DataType::Int64 | DataType::Decimal { .. } | DataType::String)
             }
             Self::RecordedAt => {
                 matches!(t, DataType::Timestamp | DataType::Date | DataType::String)
@@ -359,28 +316,16 @@ impl DataType {
             "timestamp" => Self::Timestamp,
             "struct" | "list" => return Ok(None),
             other => {
-                let inner = other
-                    .strip_prefix("decimal(")
-                    .and_then(|r| r.strip_suffix(')'))
-                    .ok_or_else(|| format!("unknown type `{other}`"))?;
-                let (p, s) = inner
-                    .split_once(',')
-                    .ok_or_else(|| format!("`{other}` needs a precision and a scale"))?;
-                let precision: u8 = p
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{p}` is not a precision"))?;
-                let scale: u8 = s
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{s}` is not a scale"))?;
+                let inner =
+                    other.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')).ok_or_else(|| format!("unknown type `{other}`"))?;
+                let (p, s) = inner.split_once(',').ok_or_else(|| format!("`{other}` needs a precision and a scale"))?;
+                let precision: u8 = p.trim().parse().map_err(|_| format!("`{p}` is not a precision"))?;
+                let scale: u8 = s.trim().parse().map_err(|_| format!("`{s}` is not a scale"))?;
                 if !(1..=38).contains(&precision) {
                     return Err(format!("decimal precision {precision} is outside 1 to 38"));
                 }
                 if scale > precision {
-                    return Err(format!(
-                        "decimal scale {scale} is larger than its precision {precision}"
-                    ));
+                    return Err(format!("decimal scale {scale} is larger than its precision {precision}"));
                 }
                 Self::Decimal { precision, scale }
             }
@@ -388,10 +333,7 @@ impl DataType {
     }
 
     pub fn is_numeric(&self) -> bool {
-        matches!(
-            self,
-            Self::Int32 | Self::Int64 | Self::Float64 | Self::Decimal { .. }
-        )
+        matches!(self, Self::Int32 | Self::Int64 | Self::Float64 | Self::Decimal { .. })
     }
 
     /// Whether values of `self` always fit `wider` without loss.
@@ -402,21 +344,10 @@ impl DataType {
             (Int32, Int64 | Float64) => true,
             (Int32, Decimal { precision, scale }) => precision - scale >= 10,
             (Int64, Decimal { precision, scale }) => precision - scale >= 19,
-            (
-                Decimal {
-                    precision: p1,
-                    scale: s1,
-                },
-                Decimal {
-                    precision: p2,
-                    scale: s2,
-                },
-            ) => s2 >= s1 && (p2 - s2) >= (p1 - s1),
+            (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => s2 >= s1 && (p2 - s2) >= (p1 - s1),
             (Date, Timestamp) => true,
             (Struct(a), Struct(b)) => a.iter().all(|(name, col)| {
-                b.get(name).is_some_and(|other| {
-                    col.data_type.widens_to(&other.data_type) && (other.required <= col.required)
-                })
+                b.get(name).is_some_and(|other| col.data_type.widens_to(&other.data_type) && (other.required <= col.required))
             }),
             (List(a), List(b)) => a.data_type.widens_to(&b.data_type),
             _ => false,
@@ -446,19 +377,9 @@ impl fmt::Display for DataType {
 pub enum Check {
     NotNull(ColumnName),
     Unique(Vec<ColumnName>),
-    AcceptedValues {
-        column: ColumnName,
-        values: Vec<Value>,
-    },
-    Range {
-        column: ColumnName,
-        min: Option<f64>,
-        max: Option<f64>,
-    },
-    RowCount {
-        min: Option<u64>,
-        max: Option<u64>,
-    },
+    AcceptedValues { column: ColumnName, values: Vec<Value> },
+    Range { column: ColumnName, min: Option<f64>, max: Option<f64> },
+    RowCount { min: Option<u64>, max: Option<u64> },
 }
 
 impl Check {

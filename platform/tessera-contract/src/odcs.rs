@@ -9,19 +9,14 @@
 use serde_json::{Map, Value, json};
 use yaml_rust2::{Yaml, YamlEmitter, yaml::Hash};
 
-use crate::model::{
-    Check, Column, Contract, DataType, Projection, Rule, Source, Table, UpcastStep,
-};
+use crate::model::{Check, Column, Contract, DataType, Projection, Rule, Source, Table, UpcastStep};
 
 /// The contract as an ODCS v3.1.0 document (a JSON value).
 pub fn export(contract: &Contract) -> Value {
     let mut doc = Map::new();
     doc.insert("apiVersion".into(), json!("v3.1.0"));
     doc.insert("kind".into(), json!("DataContract"));
-    doc.insert(
-        "id".into(),
-        json!(format!("{}.{}", contract.domain, contract.name)),
-    );
+    doc.insert("id".into(), json!(format!("{}.{}", contract.domain, contract.name)));
     doc.insert("name".into(), json!(contract.title));
     doc.insert("version".into(), json!(contract.version.to_string()));
     doc.insert("status".into(), json!(contract.status.as_str()));
@@ -32,10 +27,7 @@ pub fn export(contract: &Contract) -> Value {
     if let Some(d) = &contract.description {
         doc.insert("description".into(), json!({ "purpose": d.trim_end() }));
     }
-    doc.insert(
-        "team".into(),
-        json!({ "name": contract.owner.team, "members": [{ "username": contract.owner.contact, "role": "owner" }] }),
-    );
+    doc.insert("team".into(), json!({ "name": contract.owner.team, "members": [{ "username": contract.owner.contact, "role": "owner" }] }));
     let contact = &contract.owner.contact;
     let (tool, url) = if contact.contains('@') && !contact.contains("://") {
         ("email", format!("mailto:{contact}"))
@@ -57,11 +49,7 @@ pub fn export(contract: &Contract) -> Value {
                      "description": "Maximum lag of the tables behind the newest event (freshness)" }]),
         );
     }
-    let schema: Vec<Value> = contract
-        .tables
-        .iter()
-        .map(|(name, t)| table(name.as_str(), t))
-        .collect();
+    let schema: Vec<Value> = contract.tables.iter().map(|(name, t)| table(name.as_str(), t)).collect();
     doc.insert("schema".into(), Value::Array(schema));
 
     let events: Map<String, Value> = contract
@@ -92,8 +80,7 @@ pub fn export(contract: &Contract) -> Value {
             (name.to_string(), o)
         })
         .collect();
-    let mut custom =
-        vec![json!({ "property": "tesseraProduct", "value": contract.product().to_string() })];
+    let mut custom = vec![json!({ "property": "tesseraProduct", "value": contract.product().to_string() })];
     if !events.is_empty() {
         custom.push(json!({ "property": "tesseraEvents", "value": events, "description": "Event types, payload schemas (JSON Schema 2020-12) and upcasters" }));
     }
@@ -115,17 +102,11 @@ fn table(name: &str, t: &Table) -> Value {
                 p["primaryKey"] = json!(true);
                 p["primaryKeyPosition"] = json!(i + 1);
             }
-            let quality: Vec<Value> = t
-                .checks
-                .iter()
-                .filter_map(|check| column_quality(name, col_name.as_str(), check))
-                .collect();
+            let quality: Vec<Value> = t.checks.iter().filter_map(|check| column_quality(name, col_name.as_str(), check)).collect();
             if !quality.is_empty() {
                 p["quality"] = Value::Array(quality);
             }
-            if t.checks.iter().any(
-                |c| matches!(c, Check::Unique(cols) if cols.len() == 1 && cols[0] == *col_name),
-            ) {
+            if t.checks.iter().any(|c| matches!(c, Check::Unique(cols) if cols.len() == 1 && cols[0] == *col_name)) {
                 p["unique"] = json!(true);
             }
             p
@@ -141,16 +122,11 @@ fn table(name: &str, t: &Table) -> Value {
     if let Some(d) = &t.description {
         o["description"] = json!(d.trim_end());
     }
-    let quality: Vec<Value> = t
-        .checks
-        .iter()
-        .filter_map(|c| table_quality(name, c))
-        .collect();
+    let quality: Vec<Value> = t.checks.iter().filter_map(|c| table_quality(name, c)).collect();
     if !quality.is_empty() {
         o["quality"] = Value::Array(quality);
     }
-    o["customProperties"] =
-        json!([{ "property": "tesseraProjection", "value": projection(&t.projection) }]);
+    o["customProperties"] = json!([{ "property": "tesseraProjection", "value": projection(&t.projection) }]);
     o
 }
 
@@ -163,17 +139,9 @@ fn property(name: &str, c: &Column) -> Value {
     if let Some(cl) = &c.classification {
         p["classification"] = json!(cl);
     }
-    if let DataType::Decimal { precision, scale } = c.data_type {
-        p["logicalTypeOptions"] = json!({ "precision": precision, "scale": scale });
-    }
     match &c.data_type {
         DataType::Struct(fields) => {
-            p["properties"] = Value::Array(
-                fields
-                    .iter()
-                    .map(|(n, f)| property(n.as_str(), f))
-                    .collect(),
-            );
+            p["properties"] = Value::Array(fields.iter().map(|(n, f)| property(n.as_str(), f)).collect());
         }
         DataType::List(item) => {
             let mut i = property("item", item);
@@ -186,12 +154,10 @@ fn property(name: &str, c: &Column) -> Value {
     }
     let mut custom = Vec::new();
     if !c.masking.is_empty() {
-        let m: Map<String, Value> = c
-            .masking
-            .iter()
-            .map(|(r, s)| (r.to_string(), json!(s.as_str())))
-            .collect();
-        custom.push(json!({ "property": "tesseraMasking", "value": m, "description": "Masking tightened beyond the global policy, per role" }));
+        let m: Map<String, Value> = c.masking.iter().map(|(r, s)| (r.to_string(), json!(s.as_str()))).collect();
+        custom.push(
+            json!({ "property": "tesseraMasking", "value": m, "description": "Masking tightened beyond the global policy, per role" }),
+        );
     }
     if let Some(j) = &c.justification {
         custom.push(json!({ "property": "tesseraJustification", "value": j }));
@@ -218,17 +184,11 @@ fn types(t: &DataType) -> (&'static str, String) {
 
 fn column_quality(table: &str, column: &str, check: &Check) -> Option<Value> {
     match check {
-        Check::NotNull(c) if c.as_str() == column => {
-            Some(json!({ "metric": "nullValues", "mustBe": 0, "dimension": "completeness" }))
-        }
+        Check::NotNull(c) if c.as_str() == column => Some(json!({ "metric": "nullValues", "mustBe": 0, "dimension": "completeness" })),
         Check::AcceptedValues { column: c, values } if c.as_str() == column => Some(json!({
             "metric": "invalidValues", "mustBe": 0, "arguments": { "validValues": values }, "dimension": "conformity"
         })),
-        Check::Range {
-            column: c,
-            min,
-            max,
-        } if c.as_str() == column => {
+        Check::Range { column: c, min, max } if c.as_str() == column => {
             let mut outside = Vec::new();
             if let Some(lo) = min {
                 outside.push(format!("{column} < {lo}"));
@@ -248,11 +208,7 @@ fn column_quality(table: &str, column: &str, check: &Check) -> Option<Value> {
 fn table_quality(table: &str, check: &Check) -> Option<Value> {
     match check {
         Check::Unique(cols) if cols.len() > 1 => {
-            let list = cols
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = cols.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ");
             Some(json!({
                 "type": "sql", "name": format!("({list}) unique"), "dimension": "uniqueness", "mustBe": 0,
                 "query": format!("SELECT COUNT(*) FROM (SELECT {list} FROM {table} GROUP BY {list} HAVING COUNT(*) > 1) d")

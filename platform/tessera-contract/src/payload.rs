@@ -33,11 +33,7 @@ pub struct Unresolved {
 /// Follows `$ref` to local definitions.
 fn deref<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
     for _ in 0..MAX_REF_HOPS {
-        match node
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.strip_prefix('#'))
-        {
+        match node.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
             Some(target) => match root.pointer(target) {
                 Some(next) => node = next,
                 None => return node,
@@ -90,9 +86,7 @@ fn properties(node: &Value) -> Option<&Map<String, Value>> {
 }
 
 fn is_required(node: &Value, name: &str) -> bool {
-    node.get("required")
-        .and_then(Value::as_array)
-        .is_some_and(|r| r.iter().any(|v| v.as_str() == Some(name)))
+    node.get("required").and_then(Value::as_array).is_some_and(|r| r.iter().any(|v| v.as_str() == Some(name)))
 }
 
 /// Resolves `path` in the payload schema `root`.
@@ -102,12 +96,7 @@ pub fn resolve<'a>(root: &'a Value, path: &FieldPath) -> Result<Field<'a>, Unres
     for (depth, segment) in path.0.iter().enumerate() {
         let props = properties(node);
         let Some(next) = props.and_then(|p| p.get(segment)) else {
-            return Err(Unresolved {
-                depth,
-                available: props
-                    .map(|p| p.keys().cloned().collect())
-                    .unwrap_or_default(),
-            });
+            return Err(Unresolved { depth, available: props.map(|p| p.keys().cloned().collect()).unwrap_or_default() });
         };
         always_present &= is_required(node, segment);
         node = deref(root, next);
@@ -133,10 +122,7 @@ pub fn fits(field: &Field<'_>, column: &DataType) -> bool {
                 DataType::Timestamp => field.format == Some("date-time"),
                 _ => false,
             },
-            "integer" => matches!(
-                column,
-                DataType::Int32 | DataType::Int64 | DataType::Float64 | DataType::Decimal { .. }
-            ),
+            "integer" => matches!(column, DataType::Int32 | DataType::Int64 | DataType::Float64 | DataType::Decimal { .. }),
             "number" => matches!(column, DataType::Float64 | DataType::Decimal { .. }),
             "boolean" => matches!(column, DataType::Boolean),
             "object" => matches!(column, DataType::Struct(_)),
@@ -160,8 +146,7 @@ pub struct Property<'a> {
 pub fn walk(root: &Value) -> Vec<Property<'_>> {
     let mut out = Vec::new();
     // (node, dotted prefix, pointer prefix, hops)
-    let mut stack: Vec<(&Value, String, String, usize)> =
-        vec![(root, String::new(), String::new(), 0)];
+    let mut stack: Vec<(&Value, String, String, usize)> = vec![(root, String::new(), String::new(), 0)];
     while let Some((node, prefix, pointer, hops)) = stack.pop() {
         if hops > MAX_REF_HOPS {
             continue;
@@ -169,28 +154,14 @@ pub fn walk(root: &Value) -> Vec<Property<'_>> {
         let node = deref(root, node);
         if let Some(props) = properties(node) {
             for (name, schema) in props.iter().rev() {
-                let path = if prefix.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{prefix}.{name}")
-                };
+                let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
                 let ptr = format!("{pointer}/properties/{}", crate::source::escape(name));
-                out.push(Property {
-                    path: path.clone(),
-                    pointer: ptr.clone(),
-                    name,
-                    schema,
-                });
+                out.push(Property { path: path.clone(), pointer: ptr.clone(), name, schema });
                 stack.push((schema, path, ptr, hops + 1));
             }
         }
         if let Some(items) = node.get("items") {
-            stack.push((
-                items,
-                format!("{prefix}[]"),
-                format!("{pointer}/items"),
-                hops + 1,
-            ));
+            stack.push((items, format!("{prefix}[]"), format!("{pointer}/items"), hops + 1));
         }
     }
     out
@@ -234,13 +205,7 @@ mod tests {
     #[test]
     fn type_compatibility() {
         let s = json!({"type": "string", "format": "date-time"});
-        let f = Field {
-            schema: &s,
-            types: vec!["string"],
-            always_present: true,
-            format: Some("date-time"),
-            classification: None,
-        };
+        let f = Field { schema: &s, types: vec!["string"], always_present: true, format: Some("date-time"), classification: None };
         assert!(fits(&f, &DataType::Timestamp));
         assert!(!fits(&f, &DataType::Int64));
     }

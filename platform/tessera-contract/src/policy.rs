@@ -67,14 +67,8 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
-        Strategy::Clear,
-        Strategy::Partial,
-        Strategy::YearOnly,
-        Strategy::Hash,
-        Strategy::Redact,
-        Strategy::Null,
-    ];
+    pub const ALL: [Strategy; 6] =
+        [Strategy::Clear, Strategy::Partial, Strategy::YearOnly, Strategy::Hash, Strategy::Redact, Strategy::Null];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,11 +176,7 @@ impl Policy {
         };
         let wire: WirePolicy = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
             let pointer = path_to_pointer(&e.path().to_string());
-            vec![locate(Diagnostic::error(
-                Code::SchemaInvalidValue,
-                pointer,
-                e.inner().to_string(),
-            ))]
+            vec![locate(Diagnostic::error(Code::SchemaInvalidValue, pointer, e.inner().to_string()))]
         })?;
         let mut errors = Vec::new();
 
@@ -205,23 +195,15 @@ impl Policy {
             match Strategy::parse(name) {
                 Some(s) => order.push(s),
                 None => errors.push(
-                    Diagnostic::error(
-                        Code::SchemaInvalidValue,
-                        source::child("/strategies", name),
-                        format!("unknown strategy `{name}`"),
-                    )
-                    .at_key()
-                    .help(suggestion(name, Strategy::ALL.iter().map(|s| s.as_str()))),
+                    Diagnostic::error(Code::SchemaInvalidValue, source::child("/strategies", name), format!("unknown strategy `{name}`"))
+                        .at_key()
+                        .help(suggestion(name, Strategy::ALL.iter().map(|s| s.as_str()))),
                 ),
             }
         }
         for s in Strategy::ALL {
             if !order.contains(&s) {
-                errors.push(Diagnostic::error(
-                    Code::SchemaMissingKey,
-                    "/strategies",
-                    format!("strategy `{s}` is not ranked"),
-                ));
+                errors.push(Diagnostic::error(Code::SchemaMissingKey, "/strategies", format!("strategy `{s}` is not ranked")));
             }
         }
 
@@ -235,19 +217,12 @@ impl Policy {
                     (Some(r), Some(s)) => {
                         masking.insert(r, s);
                     }
-                    (None, _) => errors.push(
-                        Diagnostic::error(
-                            Code::SchemaInvalidValue,
-                            pointer,
-                            format!("unknown role `{role}`"),
-                        )
-                        .at_key(),
-                    ),
-                    (_, None) => errors.push(Diagnostic::error(
-                        Code::SchemaInvalidValue,
-                        pointer,
-                        format!("unknown strategy `{strategy}`"),
-                    )),
+                    (None, _) => {
+                        errors.push(Diagnostic::error(Code::SchemaInvalidValue, pointer, format!("unknown role `{role}`")).at_key())
+                    }
+                    (_, None) => {
+                        errors.push(Diagnostic::error(Code::SchemaInvalidValue, pointer, format!("unknown strategy `{strategy}`")))
+                    }
                 }
             }
             for role in Role::ALL {
@@ -266,21 +241,10 @@ impl Policy {
                     format!("classification `{name}` uses `partial` but does not say what it keeps: add `partial: email_domain` or `partial: last4`"),
                 ));
             }
-            classifications.insert(
-                name,
-                Classification {
-                    description: c.description,
-                    masking,
-                    partial: c.partial,
-                },
-            );
+            classifications.insert(name, Classification { description: c.description, masking, partial: c.partial });
         }
         if !classifications.contains_key(NONE) {
-            errors.push(Diagnostic::error(
-                Code::SchemaMissingKey,
-                "/classifications",
-                "the policy must define the classification `none`",
-            ));
+            errors.push(Diagnostic::error(Code::SchemaMissingKey, "/classifications", "the policy must define the classification `none`"));
         }
 
         let mut heuristics = Vec::new();
@@ -293,32 +257,15 @@ impl Policy {
                     format!("unknown classification `{}`", h.classification),
                 ));
             }
-            match regex::RegexBuilder::new(&h.pattern)
-                .case_insensitive(true)
-                .size_limit(1 << 20)
-                .build()
-            {
-                Ok(pattern) => heuristics.push(Heuristic {
-                    pattern,
-                    classification: h.classification,
-                }),
-                Err(e) => errors.push(Diagnostic::error(
-                    Code::SchemaInvalidValue,
-                    format!("{at}/pattern"),
-                    format!("invalid pattern: {e}"),
-                )),
+            match regex::RegexBuilder::new(&h.pattern).case_insensitive(true).size_limit(1 << 20).build() {
+                Ok(pattern) => heuristics.push(Heuristic { pattern, classification: h.classification }),
+                Err(e) => {
+                    errors.push(Diagnostic::error(Code::SchemaInvalidValue, format!("{at}/pattern"), format!("invalid pattern: {e}")))
+                }
             }
         }
 
-        if errors.is_empty() {
-            Ok(Self {
-                order,
-                classifications,
-                heuristics,
-            })
-        } else {
-            Err(errors.into_iter().map(locate).collect())
-        }
+        if errors.is_empty() { Ok(Self { order, classifications, heuristics }) } else { Err(errors.into_iter().map(locate).collect()) }
     }
 
     /// The policy shipped in `contracts/policies.yaml`, built into the binary.
@@ -329,27 +276,19 @@ impl Policy {
 
     /// How restrictive a strategy is: a higher rank reveals less.
     pub fn rank(&self, strategy: Strategy) -> usize {
-        self.order
-            .iter()
-            .position(|s| *s == strategy)
-            .unwrap_or(usize::MAX)
+        self.order.iter().position(|s| *s == strategy).unwrap_or(usize::MAX)
     }
 
     /// The classification a field name suggests, if any heuristic matches.
     pub fn suspect(&self, field_name: &str) -> Option<&str> {
-        self.heuristics
-            .iter()
-            .find(|h| h.pattern.is_match(field_name))
-            .map(|h| h.classification.as_str())
+        self.heuristics.iter().find(|h| h.pattern.is_match(field_name)).map(|h| h.classification.as_str())
     }
 
     /// The strategy a role gets for a column: the stricter of the global
     /// policy and the contract's own tightening. `None` when the column's
     /// classification is unknown: callers must then not serve the column.
     pub fn effective(&self, column: &Column, role: Role) -> Option<Strategy> {
-        let classification = self
-            .classifications
-            .get(column.classification.as_deref().unwrap_or(NONE))?;
+        let classification = self.classifications.get(column.classification.as_deref().unwrap_or(NONE))?;
         let global = *classification.masking.get(&role)?;
         Some(match column.masking.get(&role) {
             Some(own) if self.rank(*own) > self.rank(global) => *own,
@@ -407,15 +346,8 @@ mod tests {
             1,
         );
         let errors = Policy::parse(&text).unwrap_err();
-        assert!(
-            errors.iter().any(|e| e.message.contains("role `steward`")),
-            "{errors:?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .all(|e| e.position.is_some_and(|p| p.line > 1))
-        );
+        assert!(errors.iter().any(|e| e.message.contains("role `steward`")), "{errors:?}");
+        assert!(errors.iter().all(|e| e.position.is_some_and(|p| p.line > 1)));
     }
 
     #[test]

@@ -35,10 +35,7 @@ pub struct Position {
 
 impl Position {
     fn of(marker: &Marker) -> Self {
-        Self {
-            line: marker.line().max(1),
-            column: marker.col() + 1,
-        }
+        Self { line: marker.line().max(1), column: marker.col() + 1 }
     }
 }
 
@@ -102,15 +99,8 @@ pub fn child(pointer: &str, segment: &str) -> String {
 }
 
 enum Frame {
-    Sequence {
-        pointer: String,
-        items: Vec<Value>,
-    },
-    Mapping {
-        pointer: String,
-        map: Map<String, Value>,
-        key: Option<String>,
-    },
+    Sequence { pointer: String, items: Vec<Value> },
+    Mapping { pointer: String, map: Map<String, Value>, key: Option<String> },
 }
 
 /// Parses YAML text. Returns the document, or every error that prevents
@@ -121,10 +111,7 @@ pub fn parse(text: &str) -> Result<Document, Vec<Diagnostic>> {
             Diagnostic::error(
                 Code::YamlTooLarge,
                 "",
-                format!(
-                    "the file is {} bytes, more than the {MAX_BYTES} a contract may have",
-                    text.len()
-                ),
+                format!("the file is {} bytes, more than the {MAX_BYTES} a contract may have", text.len()),
             )
             .help("split the product, or move large payload schemas out of the contract")
             .at(Position { line: 1, column: 1 }),
@@ -142,11 +129,7 @@ pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostic> {
         Diagnostic::error(
             Code::YamlEncoding,
             "",
-            format!(
-                "the file is not UTF-8 text: invalid byte 0x{:02x} at offset {}",
-                bytes[e.valid_up_to()],
-                e.valid_up_to()
-            ),
+            format!("the file is not UTF-8 text: invalid byte 0x{:02x} at offset {}", bytes[e.valid_up_to()], e.valid_up_to()),
         )
         .help("save the contract as UTF-8; is this the right file?")
         .at(Position { line, column })
@@ -165,6 +148,21 @@ struct Loader {
 
 impl Loader {
     fn run(mut self, text: &str) -> Result<Document, Vec<Diagnostic>> {
+        let lines: Vec<&str> = text.lines().collect();
+        // The column of the last `marker` before `pos` on its line: where an
+        // anchor (`&`) or a tag (`!`) that the parser reports at its node starts.
+        let back_to = |pos: Position, marker: char| -> Position {
+            let line = lines.get(pos.line - 1).copied().unwrap_or_default();
+            let before: String = line.chars().take(pos.column.saturating_sub(1)).collect();
+            match before.rfind(marker) {
+                Some(byte) => {
+                    // The start of the token: `!!str` starts at its first `!`.
+                    let start = before[..byte].rfind(char::is_whitespace).map_or(0, |ws| ws + 1);
+                    Position { line: pos.line, column: before[..start].chars().count() + 1 }
+                }
+                None => pos,
+            }
+        };
         let mut parser = Parser::new_from_str(text);
         loop {
             let (event, marker) = match parser.next_token() {
@@ -175,13 +173,9 @@ impl Loader {
                     let error = if e.info().contains("recursion limit") {
                         too_deep(pos)
                     } else {
-                        Diagnostic::error(
-                            Code::YamlSyntax,
-                            "",
-                            format!("invalid YAML: {}", e.info()),
-                        )
-                        .help("check the indentation and quoting around this position")
-                        .at(pos)
+                        Diagnostic::error(Code::YamlSyntax, "", format!("invalid YAML: {}", e.info()))
+                            .help("check the indentation and quoting around this position")
+                            .at(pos)
                     };
                     self.errors.push(error);
                     return Err(self.errors);
@@ -203,18 +197,18 @@ impl Loader {
                 Event::Alias(_) => Some(anchor_error(pos, "an alias (`*name`)")),
                 Event::Scalar(text, style, anchor, tag) => {
                     if anchor > 0 {
-                        Some(anchor_error(pos, "an anchor (`&name`)"))
+                        Some(anchor_error(back_to(pos, '&'), "an anchor (`&name`)"))
                     } else if tag.is_some() {
-                        Some(tag_error(pos))
+                        Some(tag_error(back_to(pos, '!')))
                     } else {
                         self.scalar(text, style, pos)
                     }
                 }
                 Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) => {
                     if anchor > 0 {
-                        Some(anchor_error(pos, "an anchor (`&name`)"))
+                        Some(anchor_error(back_to(pos, '&'), "an anchor (`&name`)"))
                     } else if tag.is_some() {
-                        Some(tag_error(pos))
+                        Some(tag_error(back_to(pos, '!')))
                     } else {
                         self.open(is_map, pos)
                     }
@@ -240,14 +234,7 @@ impl Loader {
                 return Err(self.errors);
             }
         };
-        if self.errors.is_empty() {
-            Ok(Document {
-                value: root,
-                spans: self.spans,
-            })
-        } else {
-            Err(self.errors)
-        }
+        if self.errors.is_empty() { Ok(Document { value: root, spans: self.spans }) } else { Err(self.errors) }
     }
 
     /// The pointer the next value will have, or `None` when it is a key.
@@ -255,11 +242,7 @@ impl Loader {
         match self.stack.last() {
             None => Some(String::new()),
             Some(Frame::Sequence { pointer, items }) => Some(format!("{pointer}/{}", items.len())),
-            Some(Frame::Mapping {
-                pointer,
-                key: Some(key),
-                ..
-            }) => Some(child(pointer, key)),
+            Some(Frame::Mapping { pointer, key: Some(key), .. }) => Some(child(pointer, key)),
             Some(Frame::Mapping { key: None, .. }) => None,
         }
     }
@@ -267,13 +250,9 @@ impl Loader {
     fn count_node(&mut self, pos: Position) -> Option<Diagnostic> {
         self.nodes += 1;
         (self.nodes > MAX_NODES).then(|| {
-            Diagnostic::error(
-                Code::YamlTooLarge,
-                "",
-                format!("the document has more than {MAX_NODES} nodes"),
-            )
-            .help("a contract this large is almost certainly generated by mistake")
-            .at(pos)
+            Diagnostic::error(Code::YamlTooLarge, "", format!("the document has more than {MAX_NODES} nodes"))
+                .help("a contract this large is almost certainly generated by mistake")
+                .at(pos)
         })
     }
 
@@ -290,18 +269,9 @@ impl Loader {
                 let key_pointer = child(pointer, &text);
                 if map.contains_key(&text) {
                     let first = self.spans.keys.get(&key_pointer).copied();
-                    let mut e = Diagnostic::error(
-                        Code::YamlDuplicateKey,
-                        &key_pointer,
-                        format!("duplicate key `{text}`"),
-                    )
-                    .at_key()
-                    .at(pos);
+                    let mut e = Diagnostic::error(Code::YamlDuplicateKey, &key_pointer, format!("duplicate key `{text}`")).at_key().at(pos);
                     if let Some(first) = first {
-                        e = e.help(format!(
-                            "`{text}` is already defined at line {}; merge the two or rename one",
-                            first.line
-                        ));
+                        e = e.help(format!("`{text}` is already defined at line {}; merge the two or rename one", first.line));
                     }
                     self.errors.push(e);
                     // Parse the duplicate's value under a scratch name so later errors still have positions.
@@ -331,13 +301,9 @@ impl Loader {
         }
         let Some(pointer) = self.next_pointer() else {
             return Some(
-                Diagnostic::error(
-                    Code::YamlSyntax,
-                    "",
-                    "a mapping key must be a plain value, not a list or a mapping",
-                )
-                .help("write keys as simple names")
-                .at(pos),
+                Diagnostic::error(Code::YamlSyntax, "", "a mapping key must be a plain value, not a list or a mapping")
+                    .help("write keys as simple names")
+                    .at(pos),
             );
         };
         if self.stack.len() >= MAX_DEPTH {
@@ -345,16 +311,9 @@ impl Loader {
         }
         self.spans.values.insert(pointer.clone(), pos);
         self.stack.push(if is_map {
-            Frame::Mapping {
-                pointer,
-                map: Map::new(),
-                key: None,
-            }
+            Frame::Mapping { pointer, map: Map::new(), key: None }
         } else {
-            Frame::Sequence {
-                pointer,
-                items: Vec::new(),
-            }
+            Frame::Sequence { pointer, items: Vec::new() }
         });
         None
     }
@@ -385,13 +344,9 @@ impl Loader {
 }
 
 fn too_deep(pos: Position) -> Diagnostic {
-    Diagnostic::error(
-        Code::YamlTooDeep,
-        "",
-        format!("collections are nested more than {MAX_DEPTH} levels deep"),
-    )
-    .help("flatten the structure; no contract needs this depth")
-    .at(pos)
+    Diagnostic::error(Code::YamlTooDeep, "", format!("collections are nested more than {MAX_DEPTH} levels deep"))
+        .help("flatten the structure; no contract needs this depth")
+        .at(pos)
 }
 
 fn anchor_error(pos: Position, what: &str) -> Diagnostic {
@@ -401,13 +356,9 @@ fn anchor_error(pos: Position, what: &str) -> Diagnostic {
 }
 
 fn tag_error(pos: Position) -> Diagnostic {
-    Diagnostic::error(
-        Code::YamlTag,
-        "",
-        "YAML tags (`!!str`, `!custom`) are not allowed in a contract",
-    )
-    .help("remove the tag; quote the value if it must be a string")
-    .at(pos)
+    Diagnostic::error(Code::YamlTag, "", "YAML tags (`!!str`, `!custom`) are not allowed in a contract")
+        .help("remove the tag; quote the value if it must be a string")
+        .at(pos)
 }
 
 /// The YAML 1.2 core schema for plain scalars; everything quoted is a string.
@@ -460,9 +411,7 @@ fn looks_like_float(s: &str) -> bool {
         None => (mantissa, None),
     };
     let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    let mantissa_ok = all_digits(int)
-        && frac.is_none_or(all_digits)
-        && (!int.is_empty() || frac.is_some_and(|f| !f.is_empty()));
+    let mantissa_ok = all_digits(int) && frac.is_none_or(all_digits) && (!int.is_empty() || frac.is_some_and(|f| !f.is_empty()));
     let exponent_ok = exponent.is_none_or(|e| {
         let e = e.strip_prefix(['-', '+']).unwrap_or(e);
         !e.is_empty() && all_digits(e)
@@ -480,41 +429,23 @@ mod tests {
     }
 
     fn err(text: &str) -> Diagnostic {
-        parse(text)
-            .err()
-            .and_then(|mut e| e.pop())
-            .expect("an error")
+        parse(text).err().and_then(|mut e| e.pop()).expect("an error")
     }
 
     #[test]
     fn scalars_follow_the_core_schema() {
         let doc = ok("a: 1\nb: 1.5\nc: yes\nd: '1'\ne: ~\nf: true\ng: 1.2.0\nh: 0x1f\ni:\n");
-        assert_eq!(
-            doc.value,
-            json!({"a": 1, "b": 1.5, "c": "yes", "d": "1", "e": null, "f": true, "g": "1.2.0", "h": 31, "i": null})
-        );
+        assert_eq!(doc.value, json!({"a": 1, "b": 1.5, "c": "yes", "d": "1", "e": null, "f": true, "g": "1.2.0", "h": 31, "i": null}));
     }
 
     #[test]
     fn every_key_and_value_has_its_position() {
         let doc = ok("tables:\n  orders:\n    columns:\n      id: { type: string }\n");
         let spans = &doc.spans;
-        assert_eq!(
-            spans.locate("/tables/orders", Target::Key),
-            Position { line: 2, column: 3 }
-        );
-        assert_eq!(
-            spans.locate("/tables/orders/columns/id/type", Target::Value),
-            Position {
-                line: 4,
-                column: 19
-            }
-        );
+        assert_eq!(spans.locate("/tables/orders", Target::Key), Position { line: 2, column: 3 });
+        assert_eq!(spans.locate("/tables/orders/columns/id/type", Target::Value), Position { line: 4, column: 19 });
         // A missing node is located at its nearest ancestor's key.
-        assert_eq!(
-            spans.locate("/tables/orders/upsert/key", Target::Value),
-            Position { line: 2, column: 3 }
-        );
+        assert_eq!(spans.locate("/tables/orders/upsert/key", Target::Value), Position { line: 2, column: 3 });
     }
 
     #[test]
@@ -532,9 +463,7 @@ mod tests {
     fn deep_nesting_is_refused_without_recursion() {
         let text = "[".repeat(100_000);
         assert_eq!(err(&text).code, Code::YamlTooDeep);
-        let text: String = (0..200)
-            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
-            .collect();
+        let text: String = (0..200).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
         assert_eq!(err(&text).code, Code::YamlTooDeep);
         let text = format!("{}1{}", "[".repeat(60), "]".repeat(60));
         assert!(parse(&text).is_ok());

@@ -31,32 +31,20 @@ pub fn analyze(sql: &str) -> Result<Analysis, String> {
         [Statement::Query(q)] => q,
         [] => return Err("the query is empty".into()),
         [_] => {
-            return Err(
-                "a derived table is a single SELECT; other statements are not allowed".into(),
-            );
+            return Err("a derived table is a single SELECT; other statements are not allowed".into());
         }
         _ => {
-            return Err(format!(
-                "a derived table is a single SELECT, found {} statements",
-                statements.len()
-            ));
+            return Err(format!("a derived table is a single SELECT, found {} statements", statements.len()));
         }
     };
     let mut visitor = Relations::default();
     if let ControlFlow::Break(problem) = query.visit(&mut visitor) {
         return Err(problem);
     }
-    let mut reads: Vec<String> = visitor
-        .tables
-        .into_iter()
-        .filter(|t| !visitor.ctes.contains(t))
-        .collect();
+    let mut reads: Vec<String> = visitor.tables.into_iter().filter(|t| !visitor.ctes.contains(t)).collect();
     reads.sort();
     reads.dedup();
-    Ok(Analysis {
-        reads,
-        outputs: outputs(query),
-    })
+    Ok(Analysis { reads, outputs: outputs(query) })
 }
 
 #[derive(Default)]
@@ -70,11 +58,7 @@ impl Visitor for Relations {
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<String> {
         if let Some(with) = &query.with {
-            self.ctes.extend(
-                with.cte_tables
-                    .iter()
-                    .map(|c| c.alias.name.value.to_lowercase()),
-            );
+            self.ctes.extend(with.cte_tables.iter().map(|c| c.alias.name.value.to_lowercase()));
         }
         ControlFlow::Continue(())
     }
@@ -99,9 +83,7 @@ impl Visitor for Relations {
                     )),
                 }
             }
-            TableFactor::Function { .. }
-            | TableFactor::TableFunction { .. }
-            | TableFactor::UNNEST { .. } => {
+            TableFactor::Function { .. } | TableFactor::TableFunction { .. } | TableFactor::UNNEST { .. } => {
                 ControlFlow::Break("table functions are not allowed in a derived table".into())
             }
             _ => ControlFlow::Continue(()),
@@ -120,9 +102,7 @@ fn outputs(query: &Query) -> Option<Vec<String>> {
         .map(|item| match item {
             SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_lowercase()),
             SelectItem::UnnamedExpr(Expr::Identifier(id)) => Some(id.value.to_lowercase()),
-            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(ids)) => {
-                ids.last().map(|i| i.value.to_lowercase())
-            }
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(ids)) => ids.last().map(|i| i.value.to_lowercase()),
             _ => None,
         })
         .collect()
@@ -134,7 +114,8 @@ mod tests {
 
     #[test]
     fn finds_reads_and_outputs() {
-        let a = analyze("WITH x AS (SELECT * FROM orders) SELECT o.day AS day, COUNT(*) AS n FROM x JOIN lines o ON true GROUP BY 1").unwrap();
+        let a =
+            analyze("WITH x AS (SELECT * FROM orders) SELECT o.day AS day, COUNT(*) AS n FROM x JOIN lines o ON true GROUP BY 1").unwrap();
         assert_eq!(a.reads, ["lines", "orders"]);
         assert_eq!(a.outputs, Some(vec!["day".into(), "n".into()]));
     }

@@ -21,11 +21,9 @@ fn schema() -> &'static (Value, Validator) {
     static SCHEMA: OnceLock<(Value, Validator)> = OnceLock::new();
     SCHEMA.get_or_init(|| {
         #[allow(clippy::expect_used)] // Both are checked by this crate's tests.
-        let value: Value =
-            serde_json::from_str(CONTRACT_SCHEMA).expect("the contract schema is JSON");
+        let value: Value = serde_json::from_str(CONTRACT_SCHEMA).expect("the contract schema is JSON");
         #[allow(clippy::expect_used)]
-        let validator = jsonschema::draft202012::new(&value)
-            .expect("the contract schema is a valid JSON Schema");
+        let validator = jsonschema::draft202012::new(&value).expect("the contract schema is a valid JSON Schema");
         (value, validator)
     })
 }
@@ -33,10 +31,7 @@ fn schema() -> &'static (Value, Validator) {
 /// Every structural error of the document.
 pub fn check(document: &Value) -> Vec<Diagnostic> {
     let (root, validator) = schema();
-    let mut out: Vec<Diagnostic> = validator
-        .iter_errors(document)
-        .flat_map(|e| translate(root, document, &e))
-        .collect();
+    let mut out: Vec<Diagnostic> = validator.iter_errors(document).flat_map(|e| translate(root, document, &e)).collect();
     out.sort_by(|a, b| a.pointer.cmp(&b.pointer));
     out.dedup_by(|a, b| a.pointer == b.pointer && a.message == b.message);
     out
@@ -44,8 +39,8 @@ pub fn check(document: &Value) -> Vec<Diagnostic> {
 
 fn translate(root: &Value, document: &Value, error: &ValidationError<'_>) -> Vec<Diagnostic> {
     let at = error.instance_path().as_str().to_owned();
-    let keyword_schema = resolve(root, error.schema_path().as_str());
-    let parent_schema = resolve(root, parent(error.schema_path().as_str()));
+    let keyword_schema = resolve(root, error.schema_path().as_str()).filter(|s| s.is_object());
+    let parent_schema = resolve(root, parent(error.schema_path().as_str())).filter(|s| s.is_object());
     let instance = document.pointer(&at).unwrap_or(&Value::Null);
     let what = describe(&at);
     match error.kind() {
@@ -63,31 +58,32 @@ fn translate(root: &Value, document: &Value, error: &ValidationError<'_>) -> Vec
                         None if allowed.is_empty() => "remove it".to_owned(),
                         None => format!("remove it; {what} takes {}", list(&allowed)),
                     };
-                    Diagnostic::error(
-                        Code::SchemaUnknownKey,
-                        child(&at, key),
-                        format!("unknown key `{key}` in {what}"),
-                    )
-                    .at_key()
-                    .help(help)
+                    Diagnostic::error(Code::SchemaUnknownKey, child(&at, key), format!("unknown key `{key}` in {what}")).at_key().help(help)
                 })
                 .collect()
+        }
+        ValidationErrorKind::PropertyNames { error } => {
+            let key = error.instance().as_str().unwrap_or_default().to_owned();
+            let (kind, help) = if at.ends_with("/events") || at.ends_with("/from") {
+                ("event type name", "event types are UpperCamelCase, e.g. OrderPlaced")
+            } else {
+                ("name", "names are lower_snake_case: a lowercase letter, then lowercase letters, digits or `_`, at most 63 characters")
+            };
+            vec![
+                Diagnostic::error(Code::SchemaInvalidValue, child(&at, &key), format!("`{key}` is not a valid {kind}")).at_key().help(help),
+            ]
         }
         ValidationErrorKind::Required { property } => {
             let key = property.as_str().unwrap_or_default();
             let help = parent_schema
                 .and_then(|s| s.pointer(&format!("/properties/{key}/description")))
                 .and_then(Value::as_str)
-                .map(|d| format!("add `{key}:` ({})", d.trim_end_matches('.')))
+                .map(|d| format!("add `{key}:` ({})", as_help(d)))
                 .unwrap_or_else(|| format!("add `{key}:`"));
             vec![
-                Diagnostic::error(
-                    Code::SchemaMissingKey,
-                    at.clone(),
-                    format!("{what} is missing the required key `{key}`"),
-                )
-                .at_key()
-                .help(help),
+                Diagnostic::error(Code::SchemaMissingKey, at.clone(), format!("{what} is missing the required key `{key}`"))
+                    .at_key()
+                    .help(help),
             ]
         }
         ValidationErrorKind::Type { kind } => {
@@ -95,82 +91,43 @@ fn translate(root: &Value, document: &Value, error: &ValidationError<'_>) -> Vec
                 TypeKind::Single(t) => type_name(*t).to_owned(),
                 TypeKind::Multiple(ts) => ts.iter().map(type_name).collect::<Vec<_>>().join(" or "),
             };
-            let mut d = Diagnostic::error(
-                Code::SchemaWrongType,
-                at.clone(),
-                format!("{what} must be {expected}, found {}", value_kind(instance)),
-            );
-            if let Some(desc) = keyword_schema
-                .or(parent_schema)
-                .and_then(|s| s.get("description"))
-                .and_then(Value::as_str)
-            {
-                d = d.help(desc.to_owned());
+            let mut d =
+                Diagnostic::error(Code::SchemaWrongType, at.clone(), format!("{what} must be {expected}, found {}", value_kind(instance)));
+            if let Some(desc) = keyword_schema.or(parent_schema).and_then(|s| s.get("description")).and_then(Value::as_str) {
+                d = d.help(as_help(desc));
             } else if expected == "a string" && instance.is_number() {
                 d = d.help("quote the value, e.g. \"1.0.0\"");
             }
             vec![d]
         }
         ValidationErrorKind::Enum { options } => {
-            let options: Vec<String> = options
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|o| o.as_str().map(str::to_owned))
-                .collect();
-            let given = instance
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| instance.to_string());
+            let options: Vec<String> = options.as_array().into_iter().flatten().filter_map(|o| o.as_str().map(str::to_owned)).collect();
+            let given = instance.as_str().map(str::to_owned).unwrap_or_else(|| instance.to_string());
             vec![
-                Diagnostic::error(
-                    Code::SchemaInvalidValue,
-                    at.clone(),
-                    format!("`{given}` is not a valid {what}"),
-                )
-                .help(suggestion(&given, options.iter().map(String::as_str))),
+                Diagnostic::error(Code::SchemaInvalidValue, at.clone(), format!("`{given}` is not a valid {what}"))
+                    .help(suggestion(&given, options.iter().map(String::as_str))),
             ]
         }
         ValidationErrorKind::Pattern { .. } => {
             let given = instance.as_str().unwrap_or_default();
-            let described = keyword_schema
-                .or(parent_schema)
-                .and_then(|s| s.get("description"))
-                .and_then(Value::as_str);
+            let described = keyword_schema.or(parent_schema).and_then(|s| s.get("description")).and_then(Value::as_str);
             let is_type = at.ends_with("/type");
             let mut d = Diagnostic::error(
                 Code::SchemaInvalidValue,
                 at.clone(),
-                if is_type {
-                    format!("unknown column type `{given}`")
-                } else {
-                    format!("`{given}` is not a valid {what}")
-                },
+                if is_type { format!("unknown column type `{given}`") } else { format!("`{given}` is not a valid {what}") },
             );
-            let type_names = [
-                "string",
-                "boolean",
-                "int32",
-                "int64",
-                "float64",
-                "date",
-                "timestamp",
-                "struct",
-                "list",
-                "decimal(p,s)",
-            ];
+            let type_names = ["string", "boolean", "int32", "int64", "float64", "date", "timestamp", "struct", "list", "decimal(p,s)"];
             d = match (is_type, nearest(given, type_names)) {
                 (true, Some(near)) => d.help(format!("did you mean `{near}`?")),
                 _ => match described {
-                    Some(desc) => d.help(desc.to_owned()),
+                    Some(desc) => d.help(as_help(desc)),
                     None => d,
                 },
             };
             vec![d]
         }
-        ValidationErrorKind::OneOfNotValid { .. }
-            if at.contains("/set/") || at.contains("/delete/") =>
-        {
+        ValidationErrorKind::OneOfNotValid { .. } if at.contains("/set/") || at.contains("/delete/") => {
             vec![
                 Diagnostic::error(Code::SchemaInvalidValue, at.clone(), format!("`{}` is not a value source", compact(instance)))
                     .help("write payload.<path>, event.<field>, metadata.<key>, or a literal as { value: ... }"),
@@ -184,34 +141,30 @@ fn translate(root: &Value, document: &Value, error: &ValidationError<'_>) -> Vec
                 .map(|p| p.keys().cloned().collect())
                 .unwrap_or_default();
             let given = instance.as_object().map(|o| o.len()).unwrap_or(0);
-            let max_one = parent_schema
-                .and_then(|s| s.get("maxProperties"))
-                .and_then(Value::as_u64)
-                == Some(1);
+            let max_one = parent_schema.and_then(|s| s.get("maxProperties")).and_then(Value::as_u64) == Some(1);
             let message = if max_one && given > 1 {
-                format!(
-                    "{what} must name exactly one of {}, found {given}",
-                    list(&options)
-                )
+                format!("{what} must name exactly one of {}, found {given}", list(&options))
             } else if max_one || !options.is_empty() {
                 format!("{what} must name one of {}", list(&options))
             } else {
                 format!("{what} must not be empty")
             };
-            vec![Diagnostic::error(
-                Code::SchemaInvalidValue,
-                at.clone(),
-                message,
-            )]
+            vec![Diagnostic::error(Code::SchemaInvalidValue, at.clone(), message)]
         }
         _ => {
             let message = error.to_string();
-            vec![Diagnostic::error(
-                Code::SchemaInvalidValue,
-                at.clone(),
-                format!("invalid {what}: {message}"),
-            )]
+            vec![Diagnostic::error(Code::SchemaInvalidValue, at.clone(), format!("invalid {what}: {message}"))]
         }
+    }
+}
+
+/// A schema description as a help line: lowercase start, no trailing period.
+fn as_help(description: &str) -> String {
+    let d = description.trim().trim_end_matches('.');
+    let mut chars = d.chars();
+    match chars.next() {
+        Some(first) if !chars.clone().next().is_some_and(char::is_uppercase) => first.to_lowercase().chain(chars).collect(),
+        _ => d.to_owned(),
     }
 }
 
@@ -240,11 +193,7 @@ fn parent(location: &str) -> &str {
 
 /// A few words for the node at `pointer`, e.g. "column `total` of table `orders`".
 pub(crate) fn describe(pointer: &str) -> String {
-    let parts: Vec<String> = pointer
-        .split('/')
-        .skip(1)
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect();
+    let parts: Vec<String> = pointer.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect();
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
     match p.as_slice() {
         [] => "the contract".into(),
@@ -267,16 +216,11 @@ pub(crate) fn describe(pointer: &str) -> String {
 }
 
 fn idx(i: &str) -> String {
-    i.parse::<usize>()
-        .map(|n| format!("#{}", n + 1))
-        .unwrap_or_else(|_| i.to_owned())
+    i.parse::<usize>().map(|n| format!("#{}", n + 1)).unwrap_or_else(|_| i.to_owned())
 }
 
 fn list(keys: &[String]) -> String {
-    keys.iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
 }
 
 fn type_name(t: JsonType) -> &'static str {
@@ -310,11 +254,7 @@ fn compact(v: &Value) -> String {
 }
 
 fn truncate(s: &str) -> String {
-    if s.chars().count() > 40 {
-        format!("{}…", s.chars().take(40).collect::<String>())
-    } else {
-        s.to_owned()
-    }
+    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s.to_owned() }
 }
 
 #[cfg(test)]

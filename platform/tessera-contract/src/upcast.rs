@@ -22,11 +22,7 @@ pub enum UpcastError {
     #[error("the payload is not a JSON object")]
     NotAnObject,
     #[error("upcaster from version {version}, step #{step}: {reason}")]
-    Step {
-        version: u32,
-        step: usize,
-        reason: String,
-    },
+    Step { version: u32, step: usize, reason: String },
 }
 
 /// Upcasts `payload` from `version` to the event's current version.
@@ -35,26 +31,15 @@ pub fn upcast(event: &EventType, version: u32, mut payload: Value) -> Result<Val
         return Err(UpcastError::VersionZero);
     }
     if version > event.version {
-        return Err(UpcastError::FromTheFuture {
-            version,
-            current: event.version,
-        });
+        return Err(UpcastError::FromTheFuture { version, current: event.version });
     }
     if !payload.is_object() {
         return Err(UpcastError::NotAnObject);
     }
     for v in version..event.version {
-        let upcaster = event
-            .upcasters
-            .iter()
-            .find(|u| u.from == v)
-            .ok_or(UpcastError::MissingUpcaster { version: v })?;
+        let upcaster = event.upcasters.iter().find(|u| u.from == v).ok_or(UpcastError::MissingUpcaster { version: v })?;
         for (i, step) in upcaster.steps.iter().enumerate() {
-            apply(step, &mut payload).map_err(|reason| UpcastError::Step {
-                version: v,
-                step: i + 1,
-                reason,
-            })?;
+            apply(step, &mut payload).map_err(|reason| UpcastError::Step { version: v, step: i + 1, reason })?;
         }
     }
     Ok(payload)
@@ -93,18 +78,13 @@ fn apply(step: &UpcastStep, payload: &mut Value) -> Result<(), String> {
                 match slot {
                     Value::Null => {}
                     Value::Number(n) => {
-                        let scaled = n
-                            .as_f64()
-                            .map(|x| x * by)
-                            .ok_or_else(|| format!("`{field}` is not a finite number"))?;
+                        let scaled = n.as_f64().map(|x| x * by).ok_or_else(|| format!("`{field}` is not a finite number"))?;
                         // Keep integers integral when the factor allows it.
                         let rounded = (scaled * 1e9).round() / 1e9;
                         *slot = if rounded.fract() == 0.0 && rounded.abs() < 9.0e15 {
                             Value::Number(Number::from(rounded as i64))
                         } else {
-                            Number::from_f64(rounded)
-                                .map(Value::Number)
-                                .ok_or_else(|| format!("scaling `{field}` overflows"))?
+                            Number::from_f64(rounded).map(Value::Number).ok_or_else(|| format!("scaling `{field}` overflows"))?
                         };
                     }
                     other => return Err(format!("`{field}` is {}, not a number", kind(other))),
@@ -114,13 +94,7 @@ fn apply(step: &UpcastStep, payload: &mut Value) -> Result<(), String> {
         UpcastStep::Cast { field, to } => {
             if let Some(slot) = get_mut(payload, field) {
                 if !slot.is_null() {
-                    *slot = cast(slot, *to).ok_or_else(|| {
-                        format!(
-                            "cannot cast `{field}` ({}) to {}",
-                            kind(slot),
-                            cast_name(*to)
-                        )
-                    })?;
+                    *slot = cast(slot, *to).ok_or_else(|| format!("cannot cast `{field}` ({}) to {}", kind(slot), cast_name(*to)))?;
                 }
             }
         }
@@ -134,19 +108,11 @@ fn cast(v: &Value, to: CastType) -> Option<Value> {
         (CastType::String, Value::Number(n)) => Some(Value::String(n.to_string())),
         (CastType::String, Value::Bool(b)) => Some(Value::String(b.to_string())),
         (CastType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Some(v.clone()),
-        (CastType::Integer, Value::Number(n)) => n
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-            .map(|f| Value::from(f as i64)),
+        (CastType::Integer, Value::Number(n)) => n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| Value::from(f as i64)),
         (CastType::Integer, Value::String(s)) => s.trim().parse::<i64>().ok().map(Value::from),
         (CastType::Integer, Value::Bool(b)) => Some(Value::from(i64::from(*b))),
         (CastType::Number, Value::Number(_)) => Some(v.clone()),
-        (CastType::Number, Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number),
+        (CastType::Number, Value::String(s)) => s.trim().parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number),
         (CastType::Boolean, Value::Bool(_)) => Some(v.clone()),
         (CastType::Boolean, Value::String(s)) => match s.trim().to_lowercase().as_str() {
             "true" | "yes" | "1" => Some(Value::Bool(true)),
@@ -183,22 +149,16 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn get<'a>(v: &'a Value, path: &FieldPath) -> Option<&'a Value> {
-    path.0
-        .iter()
-        .try_fold(v, |node, seg| node.as_object()?.get(seg))
+    path.0.iter().try_fold(v, |node, seg| node.as_object()?.get(seg))
 }
 
 fn get_mut<'a>(v: &'a mut Value, path: &FieldPath) -> Option<&'a mut Value> {
-    path.0
-        .iter()
-        .try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))
+    path.0.iter().try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))
 }
 
 fn take(v: &mut Value, path: &FieldPath) -> Option<Value> {
     let (last, parents) = path.0.split_last()?;
-    let parent = parents
-        .iter()
-        .try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))?;
+    let parent = parents.iter().try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))?;
     parent.as_object_mut()?.shift_remove(last)
 }
 
@@ -208,22 +168,15 @@ fn put(v: &mut Value, path: &FieldPath, value: Value) -> Result<(), String> {
     };
     let mut node = v;
     for seg in parents {
-        let obj = node
-            .as_object_mut()
-            .ok_or_else(|| format!("cannot create `{path}`: a parent is not an object"))?;
-        node = obj
-            .entry(seg.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        let obj = node.as_object_mut().ok_or_else(|| format!("cannot create `{path}`: a parent is not an object"))?;
+        node = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
     }
     match node {
         Value::Object(obj) => {
             obj.insert(last.clone(), value);
             Ok(())
         }
-        other => Err(format!(
-            "cannot create `{path}`: its parent is {}",
-            kind(other)
-        )),
+        other => Err(format!("cannot create `{path}`: its parent is {}", kind(other))),
     }
 }
 
@@ -243,15 +196,7 @@ mod tests {
             version: steps.len() as u32 + 1,
             subject: None,
             schema: json!({"type": "object"}),
-            upcasters: steps
-                .into_iter()
-                .enumerate()
-                .map(|(i, steps)| Upcaster {
-                    from: i as u32 + 1,
-                    description: None,
-                    steps,
-                })
-                .collect(),
+            upcasters: steps.into_iter().enumerate().map(|(i, steps)| Upcaster { from: i as u32 + 1, description: None, steps }).collect(),
         }
     }
 
@@ -259,69 +204,34 @@ mod tests {
     fn applies_each_version_in_turn() {
         let e = event(vec![
             vec![
-                UpcastStep::Move {
-                    from: p("customer_id"),
-                    to: p("customer.id"),
-                },
-                UpcastStep::Default {
-                    field: p("currency"),
-                    value: json!("EUR"),
-                },
+                UpcastStep::Move { from: p("customer_id"), to: p("customer.id") },
+                UpcastStep::Default { field: p("currency"), value: json!("EUR") },
             ],
             vec![
-                UpcastStep::Scale {
-                    field: p("total"),
-                    by: 0.01,
-                },
-                UpcastStep::Map {
-                    field: p("status"),
-                    values: json!({"P": "placed"}).as_object().unwrap().clone(),
-                },
-                UpcastStep::Cast {
-                    field: p("qty"),
-                    to: CastType::Integer,
-                },
+                UpcastStep::Scale { field: p("total"), by: 0.01 },
+                UpcastStep::Map { field: p("status"), values: json!({"P": "placed"}).as_object().unwrap().clone() },
+                UpcastStep::Cast { field: p("qty"), to: CastType::Integer },
                 UpcastStep::Remove { field: p("legacy") },
             ],
         ]);
-        let v1 =
-            json!({"customer_id": "C1", "total": 1250, "status": "P", "qty": "3", "legacy": true});
+        let v1 = json!({"customer_id": "C1", "total": 1250, "status": "P", "qty": "3", "legacy": true});
         assert_eq!(
             upcast(&e, 1, v1).unwrap(),
             json!({"total": 12.5, "status": "placed", "qty": 3, "customer": {"id": "C1"}, "currency": "EUR"})
         );
         // A version-2 payload only gets the second upcaster.
         let v2 = json!({"customer": {"id": "C1"}, "currency": "USD", "total": 100});
-        assert_eq!(
-            upcast(&e, 2, v2).unwrap(),
-            json!({"customer": {"id": "C1"}, "currency": "USD", "total": 1})
-        );
+        assert_eq!(upcast(&e, 2, v2).unwrap(), json!({"customer": {"id": "C1"}, "currency": "USD", "total": 1}));
         // The current version is left as it is.
         assert_eq!(upcast(&e, 3, json!({"x": 1})).unwrap(), json!({"x": 1}));
     }
 
     #[test]
     fn refuses_what_it_cannot_do() {
-        let e = event(vec![vec![UpcastStep::Scale {
-            field: p("total"),
-            by: 2.0,
-        }]]);
-        assert_eq!(
-            upcast(&e, 3, json!({})),
-            Err(UpcastError::FromTheFuture {
-                version: 3,
-                current: 2
-            })
-        );
+        let e = event(vec![vec![UpcastStep::Scale { field: p("total"), by: 2.0 }]]);
+        assert_eq!(upcast(&e, 3, json!({})), Err(UpcastError::FromTheFuture { version: 3, current: 2 }));
         assert_eq!(upcast(&e, 0, json!({})), Err(UpcastError::VersionZero));
         assert_eq!(upcast(&e, 1, json!([1])), Err(UpcastError::NotAnObject));
-        assert!(matches!(
-            upcast(&e, 1, json!({"total": "x"})),
-            Err(UpcastError::Step {
-                version: 1,
-                step: 1,
-                ..
-            })
-        ));
+        assert!(matches!(upcast(&e, 1, json!({"total": "x"})), Err(UpcastError::Step { version: 1, step: 1, .. })));
     }
 }

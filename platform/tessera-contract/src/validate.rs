@@ -21,6 +21,9 @@ use crate::{payload, sql, wire};
 
 struct Ctx {
     out: Vec<Diagnostic>,
+    /// Pointers of columns and assignments left out of the model because
+    /// they are already reported: references to them are not errors again.
+    dropped: HashSet<String>,
 }
 
 impl Ctx {
@@ -31,7 +34,7 @@ impl Ctx {
 
 /// Converts and checks a structurally valid contract.
 pub(crate) fn contract(w: wire::Contract) -> (Option<Contract>, Vec<Diagnostic>) {
-    let mut cx = Ctx { out: Vec::new() };
+    let mut cx = Ctx { out: Vec::new(), dropped: HashSet::new() };
     let model = convert(&mut cx, w);
     if let Some(c) = &model {
         check_references(&mut cx, c);
@@ -46,31 +49,20 @@ fn convert(cx: &mut Ctx, w: wire::Contract) -> Option<Contract> {
         Ok(v) => Some(v),
         Err(e) => {
             cx.push(
-                Diagnostic::error(
-                    Code::VersionInvalid,
-                    "/version",
-                    format!("`{}` is not a semantic version: {e}", w.version),
-                )
-                .help("write MAJOR.MINOR.PATCH, e.g. 1.0.0"),
+                Diagnostic::error(Code::VersionInvalid, "/version", format!("`{}` is not a semantic version: {e}", w.version))
+                    .help("write MAJOR.MINOR.PATCH, e.g. 1.0.0"),
             );
             None
         }
     };
-    let status = w
-        .status
-        .as_deref()
-        .map_or(Some(Status::Draft), Status::parse);
+    let status = w.status.as_deref().map_or(Some(Status::Draft), Status::parse);
     let freshness = match w.service_levels.and_then(|s| s.freshness) {
         Some(text) => match Freshness::parse(&text) {
             Some(f) => Some(f),
             None => {
                 cx.push(
-                    Diagnostic::error(
-                        Code::SchemaInvalidValue,
-                        "/service_levels/freshness",
-                        format!("`{text}` is not a duration"),
-                    )
-                    .help("write a number and a unit (s, m, h, d), e.g. 15m"),
+                    Diagnostic::error(Code::SchemaInvalidValue, "/service_levels/freshness", format!("`{text}` is not a duration"))
+                        .help("write a number and a unit (s, m, h, d), e.g. 15m"),
                 );
                 None
             }
@@ -104,10 +96,7 @@ fn convert(cx: &mut Ctx, w: wire::Contract) -> Option<Contract> {
         version: version?,
         title: w.title,
         description: w.description,
-        owner: Owner {
-            team: w.owner.team,
-            contact: w.owner.contact,
-        },
+        owner: Owner { team: w.owner.team, contact: w.owner.contact },
         tags: w.tags,
         status: status?,
         freshness,
@@ -116,12 +105,7 @@ fn convert(cx: &mut Ctx, w: wire::Contract) -> Option<Contract> {
     })
 }
 
-fn name<T, E: std::fmt::Display>(
-    cx: &mut Ctx,
-    at: &str,
-    raw: &str,
-    parse: impl Fn(String) -> Result<T, E>,
-) -> Option<T> {
+fn name<T, E: std::fmt::Display>(cx: &mut Ctx, at: &str, raw: &str, parse: impl Fn(String) -> Result<T, E>) -> Option<T> {
     match parse(raw.to_owned()) {
         Ok(n) => Some(n),
         Err(e) => {
@@ -139,12 +123,8 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
         let p = FieldPath::parse(s);
         if p.is_none() {
             cx.push(
-                Diagnostic::error(
-                    Code::SubjectInvalid,
-                    format!("{at}/subject"),
-                    format!("`{s}` is not a payload path"),
-                )
-                .help("write a dotted path of payload fields, e.g. customer.id"),
+                Diagnostic::error(Code::SubjectInvalid, format!("{at}/subject"), format!("`{s}` is not a payload path"))
+                    .help("write a dotted path of payload fields, e.g. customer.id"),
             );
         }
         p
@@ -154,16 +134,15 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
             Ok(field) => {
                 if !field.always_present {
                     cx.push(
-                        Diagnostic::error(Code::SubjectInvalid, format!("{at}/subject"), format!("the subject `{path}` is not required in the payload"))
-                            .help("every event must name its data subject: list the field under `required` at each level"),
+                        Diagnostic::error(
+                            Code::SubjectInvalid,
+                            format!("{at}/subject"),
+                            format!("the subject `{path}` is not required in the payload"),
+                        )
+                        .help("every event must name its data subject: list the field under `required` at each level"),
                     );
                 }
-                if !field
-                    .types
-                    .iter()
-                    .all(|t| matches!(*t, "string" | "integer"))
-                    || field.types.is_empty()
-                {
+                if !field.types.iter().all(|t| matches!(*t, "string" | "integer")) || field.types.is_empty() {
                     cx.push(Diagnostic::error(
                         Code::SubjectInvalid,
                         format!("{at}/subject"),
@@ -171,47 +150,37 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
                     ));
                 }
             }
-            Err(u) => cx.push(unresolved(
-                Code::SubjectInvalid,
-                format!("{at}/subject"),
-                path,
-                &u,
-                "the subject",
-            )),
+            Err(u) => cx.push(unresolved(Code::SubjectInvalid, format!("{at}/subject"), path, &u, "the subject")),
         }
     }
 
-    let mut upcasters: Vec<Upcaster> = e
-        .upcasters
-        .into_iter()
-        .enumerate()
-        .map(|(i, u)| upcaster(cx, &format!("{at}/upcasters/{i}"), u))
-        .collect();
+    let mut upcasters: Vec<Upcaster> =
+        e.upcasters.into_iter().enumerate().map(|(i, u)| upcaster(cx, &format!("{at}/upcasters/{i}"), u)).collect();
     // The chain must take every older version to the current one, once.
     let mut seen = BTreeMap::new();
     for (i, u) in upcasters.iter().enumerate() {
         let here = format!("{at}/upcasters/{i}/from");
         if u.from >= e.version {
             cx.push(
-                Diagnostic::error(Code::UpcastInvalid, here, format!("an upcaster from version {} but the event is at version {}", u.from, e.version))
-                    .help(format!("upcasters go from an older version to the next; the oldest is 1, the newest {}", e.version.saturating_sub(1))),
+                Diagnostic::error(
+                    Code::UpcastInvalid,
+                    here,
+                    format!("an upcaster from version {} but the event is at version {}", u.from, e.version),
+                )
+                .help(format!(
+                    "upcasters go from an older version to the next; the oldest is 1, the newest {}",
+                    e.version.saturating_sub(1)
+                )),
             );
         } else if let Some(first) = seen.insert(u.from, i) {
             cx.push(Diagnostic::error(
                 Code::UpcastInvalid,
                 here,
-                format!(
-                    "a second upcaster from version {} (the first is upcaster #{})",
-                    u.from,
-                    first + 1
-                ),
+                format!("a second upcaster from version {} (the first is upcaster #{})", u.from, first + 1),
             ));
         }
     }
-    let missing: Vec<String> = (1..e.version)
-        .filter(|v| !seen.contains_key(v))
-        .map(|v| v.to_string())
-        .collect();
+    let missing: Vec<String> = (1..e.version).filter(|v| !seen.contains_key(v)).map(|v| v.to_string()).collect();
     if !missing.is_empty() {
         cx.push(
             Diagnostic::error(
@@ -223,39 +192,29 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
         );
     }
     upcasters.sort_by_key(|u| u.from);
-    EventType {
-        description: e.description,
-        version: e.version,
-        subject,
-        schema: e.schema,
-        upcasters,
-    }
+    EventType { description: e.description, version: e.version, subject, schema: e.schema, upcasters }
 }
 
 fn check_payload_schema(cx: &mut Ctx, at: &str, schema: &Value) {
     if let Err(e) = jsonschema::meta::validate(schema) {
         cx.push(
-            Diagnostic::error(Code::PayloadSchemaInvalid, format!("{at}{}", e.instance_path().as_str()), format!("invalid payload schema: {e}"))
-                .help("payload schemas are JSON Schema 2020-12; see https://json-schema.org/understanding-json-schema"),
+            Diagnostic::error(
+                Code::PayloadSchemaInvalid,
+                format!("{at}{}", e.instance_path().as_str()),
+                format!("invalid payload schema: {e}"),
+            )
+            .help("payload schemas are JSON Schema 2020-12; see https://json-schema.org/understanding-json-schema"),
         );
         return;
     }
     if let Err(e) = jsonschema::draft202012::new(schema) {
-        cx.push(Diagnostic::error(
-            Code::PayloadSchemaInvalid,
-            at,
-            format!("the payload schema cannot be used: {e}"),
-        ));
+        cx.push(Diagnostic::error(Code::PayloadSchemaInvalid, at, format!("the payload schema cannot be used: {e}")));
         return;
     }
     if schema.get("type").and_then(Value::as_str) != Some("object") {
         cx.push(
-            Diagnostic::error(
-                Code::PayloadSchemaInvalid,
-                at,
-                "a payload schema must describe an object",
-            )
-            .help("start the schema with `type: object` and list the fields under `properties`"),
+            Diagnostic::error(Code::PayloadSchemaInvalid, at, "a payload schema must describe an object")
+                .help("start the schema with `type: object` and list the fields under `properties`"),
         );
     }
 }
@@ -270,37 +229,19 @@ fn upcaster(cx: &mut Ctx, at: &str, u: wire::Upcaster) -> Upcaster {
             let mut path = |field: &str, key: &str| {
                 let p = FieldPath::parse(field);
                 if p.is_none() {
-                    cx.push(Diagnostic::error(
-                        Code::UpcastInvalid,
-                        format!("{here}/{key}"),
-                        format!("`{field}` is not a field path"),
-                    ));
+                    cx.push(Diagnostic::error(Code::UpcastInvalid, format!("{here}/{key}"), format!("`{field}` is not a field path")));
                 }
                 p
             };
             Some(match s {
                 wire::UpcastStep::Move { from, to } => {
                     let (from, to) = (path(&from, "from"), path(&to, "to"));
-                    UpcastStep::Move {
-                        from: from?,
-                        to: to?,
-                    }
+                    UpcastStep::Move { from: from?, to: to? }
                 }
-                wire::UpcastStep::Default { field, value } => UpcastStep::Default {
-                    field: path(&field, "field")?,
-                    value,
-                },
-                wire::UpcastStep::Remove { field } => UpcastStep::Remove {
-                    field: path(&field, "field")?,
-                },
-                wire::UpcastStep::Map { field, values } => UpcastStep::Map {
-                    field: path(&field, "field")?,
-                    values,
-                },
-                wire::UpcastStep::Scale { field, by } => UpcastStep::Scale {
-                    field: path(&field, "field")?,
-                    by,
-                },
+                wire::UpcastStep::Default { field, value } => UpcastStep::Default { field: path(&field, "field")?, value },
+                wire::UpcastStep::Remove { field } => UpcastStep::Remove { field: path(&field, "field")? },
+                wire::UpcastStep::Map { field, values } => UpcastStep::Map { field: path(&field, "field")?, values },
+                wire::UpcastStep::Scale { field, by } => UpcastStep::Scale { field: path(&field, "field")?, by },
                 wire::UpcastStep::Cast { field, to } => {
                     let to = match to.as_str() {
                         "string" => CastType::String,
@@ -308,19 +249,12 @@ fn upcaster(cx: &mut Ctx, at: &str, u: wire::Upcaster) -> Upcaster {
                         "number" => CastType::Number,
                         _ => CastType::Boolean,
                     };
-                    UpcastStep::Cast {
-                        field: path(&field, "field")?,
-                        to,
-                    }
+                    UpcastStep::Cast { field: path(&field, "field")?, to }
                 }
             })
         })
         .collect();
-    Upcaster {
-        from: u.from,
-        description: u.description,
-        steps,
-    }
+    Upcaster { from: u.from, description: u.description, steps }
 }
 
 fn column(cx: &mut Ctx, at: &str, c: wire::Column) -> Option<Column> {
@@ -328,12 +262,8 @@ fn column(cx: &mut Ctx, at: &str, c: wire::Column) -> Option<Column> {
         Ok(Some(t)) => {
             if c.fields.is_some() || c.items.is_some() {
                 cx.push(
-                    Diagnostic::error(
-                        Code::TypeInvalid,
-                        at,
-                        format!("a {} column has no `fields` or `items`", c.data_type),
-                    )
-                    .help("use `type: struct` with `fields`, or `type: list` with `items`"),
+                    Diagnostic::error(Code::TypeInvalid, at, format!("a {} column has no `fields` or `items`", c.data_type))
+                        .help("use `type: struct` with `fields`, or `type: list` with `items`"),
                 );
             }
             t
@@ -351,12 +281,8 @@ fn column(cx: &mut Ctx, at: &str, c: wire::Column) -> Option<Column> {
             ),
             None => {
                 cx.push(
-                    Diagnostic::error(
-                        Code::TypeInvalid,
-                        format!("{at}/type"),
-                        "a struct column needs `fields`",
-                    )
-                    .help("list its fields under `fields:`"),
+                    Diagnostic::error(Code::TypeInvalid, format!("{at}/type"), "a struct column needs `fields`")
+                        .help("list its fields under `fields:`"),
                 );
                 return None;
             }
@@ -365,20 +291,15 @@ fn column(cx: &mut Ctx, at: &str, c: wire::Column) -> Option<Column> {
             Some(items) => DataType::List(Box::new(column(cx, &format!("{at}/items"), *items)?)),
             None => {
                 cx.push(
-                    Diagnostic::error(
-                        Code::TypeInvalid,
-                        format!("{at}/type"),
-                        "a list column needs `items`",
-                    )
-                    .help("describe its element under `items:`"),
+                    Diagnostic::error(Code::TypeInvalid, format!("{at}/type"), "a list column needs `items`")
+                        .help("describe its element under `items:`"),
                 );
                 return None;
             }
         },
         Err(message) => {
             cx.push(
-                Diagnostic::error(Code::TypeInvalid, format!("{at}/type"), message)
-                    .help("decimal(p,s) takes 1 ≤ p ≤ 38 and 0 ≤ s ≤ p"),
+                Diagnostic::error(Code::TypeInvalid, format!("{at}/type"), message).help("decimal(p,s) takes 1 ≤ p ≤ 38 and 0 ≤ s ≤ p"),
             );
             return None;
         }
@@ -393,13 +314,9 @@ fn column(cx: &mut Ctx, at: &str, c: wire::Column) -> Option<Column> {
         .collect();
     if c.description.as_deref().is_none_or(|d| d.trim().is_empty()) {
         cx.push(
-            Diagnostic::warning(
-                Code::ColumnUndocumented,
-                at,
-                "the column has no description",
-            )
-            .at_key()
-            .help("add `description:` so consumers know what it holds"),
+            Diagnostic::warning(Code::ColumnUndocumented, at, "the column has no description")
+                .at_key()
+                .help("add `description:` so consumers know what it holds"),
         );
     }
     Some(Column {
@@ -419,20 +336,27 @@ fn table(cx: &mut Ctx, at: &str, t: wire::Table) -> Option<Table> {
         .filter_map(|(n, c)| {
             let here = child(&format!("{at}/columns"), &n);
             let name = name(cx, &here, &n, ColumnName::parse)?;
-            Some((name, column(cx, &here, c)?))
+            match column(cx, &here, c) {
+                Some(c) => Some((name, c)),
+                None => {
+                    cx.dropped.insert(here);
+                    None
+                }
+            }
         })
         .collect();
 
-    let modes = [t.upsert.is_some(), t.append.is_some(), t.sql.is_some()]
-        .iter()
-        .filter(|m| **m)
-        .count();
+    let modes = [t.upsert.is_some(), t.append.is_some(), t.sql.is_some()].iter().filter(|m| **m).count();
     if modes != 1 {
         cx.push(
             Diagnostic::error(
                 Code::TableInvalid,
                 at,
-                if modes == 0 { "the table does not say how it is projected".to_owned() } else { "the table names more than one projection".to_owned() },
+                if modes == 0 {
+                    "the table does not say how it is projected".to_owned()
+                } else {
+                    "the table names more than one projection".to_owned()
+                },
             )
             .at_key()
             .help("give exactly one of `upsert` (state per key), `append` (one row per event) or `sql` (derived from other tables)"),
@@ -440,11 +364,7 @@ fn table(cx: &mut Ctx, at: &str, t: wire::Table) -> Option<Table> {
         return None;
     }
     let projection = if let Some(u) = t.upsert {
-        let key: Vec<ColumnName> = u
-            .key
-            .iter()
-            .filter_map(|k| ColumnName::parse(k.as_str()).ok())
-            .collect();
+        let key: Vec<ColumnName> = u.key.iter().filter_map(|k| ColumnName::parse(k.as_str()).ok()).collect();
         let rules = u
             .from
             .into_iter()
@@ -453,9 +373,7 @@ fn table(cx: &mut Ctx, at: &str, t: wire::Table) -> Option<Table> {
                 let here = child(&format!("{at}/upsert/from"), e.as_str());
                 let rule = match r {
                     wire::Rule::Set(a) => Rule::Set(assignments(cx, &format!("{here}/set"), a)),
-                    wire::Rule::Delete(a) => {
-                        Rule::Delete(assignments(cx, &format!("{here}/delete"), a))
-                    }
+                    wire::Rule::Delete(a) => Rule::Delete(assignments(cx, &format!("{here}/delete"), a)),
                 };
                 Some((e, rule))
             })
@@ -471,9 +389,13 @@ fn table(cx: &mut Ctx, at: &str, t: wire::Table) -> Option<Table> {
                     wire::Rule::Set(a) => Some((e.clone(), assignments(cx, &format!("{at}/append/from/{e}/set"), a))),
                     wire::Rule::Delete(_) => {
                         cx.push(
-                            Diagnostic::error(Code::RuleInvalid, format!("{at}/append/from/{e}/delete"), "an append table cannot delete rows")
-                                .at_key()
-                                .help("use an upsert table for state that changes, or `set` to record the deletion as a row"),
+                            Diagnostic::error(
+                                Code::RuleInvalid,
+                                format!("{at}/append/from/{e}/delete"),
+                                "an append table cannot delete rows",
+                            )
+                            .at_key()
+                            .help("use an upsert table for state that changes, or `set` to record the deletion as a row"),
                         );
                         None
                     }
@@ -489,9 +411,16 @@ fn table(cx: &mut Ctx, at: &str, t: wire::Table) -> Option<Table> {
                     for (c, _) in &columns {
                         if !outputs.iter().any(|o| o == c.as_str()) {
                             cx.push(
-                                Diagnostic::error(Code::SqlInvalid, format!("{at}/columns/{c}"), format!("the query does not return the column `{c}`"))
-                                    .at_key()
-                                    .help(format!("the query returns {}; alias an expression `AS {c}` or remove the column", quote_all(outputs))),
+                                Diagnostic::error(
+                                    Code::SqlInvalid,
+                                    format!("{at}/columns/{c}"),
+                                    format!("the query does not return the column `{c}`"),
+                                )
+                                .at_key()
+                                .help(format!(
+                                    "the query returns {}; alias an expression `AS {c}` or remove the column",
+                                    quote_all(outputs)
+                                )),
                             );
                         }
                     }
@@ -501,47 +430,25 @@ fn table(cx: &mut Ctx, at: &str, t: wire::Table) -> Option<Table> {
                                 Diagnostic::error(
                                     Code::SqlInvalid,
                                     format!("{at}/sql"),
-                                    format!(
-                                        "the query returns `{o}`, which is not a declared column"
-                                    ),
+                                    format!("the query returns `{o}`, which is not a declared column"),
                                 )
-                                .help(format!(
-                                    "declare `{o}` under `columns`, or remove it from the SELECT"
-                                )),
+                                .help(format!("declare `{o}` under `columns`, or remove it from the SELECT")),
                             );
                         }
                     }
                 }
-                analysis
-                    .reads
-                    .iter()
-                    .filter_map(|r| TableName::parse(r.as_str()).ok())
-                    .collect()
+                analysis.reads.iter().filter_map(|r| TableName::parse(r.as_str()).ok()).collect()
             }
             Err(message) => {
-                cx.push(Diagnostic::error(
-                    Code::SqlInvalid,
-                    format!("{at}/sql"),
-                    message,
-                ));
+                cx.push(Diagnostic::error(Code::SqlInvalid, format!("{at}/sql"), message));
                 Vec::new()
             }
         };
         Projection::Sql { query, reads }
     };
 
-    let checks = t
-        .checks
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, c)| check(cx, &format!("{at}/checks/{i}"), &columns, c))
-        .collect();
-    Some(Table {
-        description: t.description,
-        projection,
-        columns,
-        checks,
-    })
+    let checks = t.checks.into_iter().enumerate().filter_map(|(i, c)| check(cx, &format!("{at}/checks/{i}"), &columns, c)).collect();
+    Some(Table { description: t.description, projection, columns, checks })
 }
 
 fn assignments(cx: &mut Ctx, here: &str, a: IndexMap<String, wire::Source>) -> Assignments {
@@ -560,9 +467,14 @@ fn assignments(cx: &mut Ctx, here: &str, a: IndexMap<String, wire::Source>) -> A
                             Some(field) => Source::Event(field),
                             None => {
                                 cx.push(
-                                    Diagnostic::error(Code::RefUnknownEventField, at, format!("`event.{rest}` is not a field of the event envelope"))
-                                        .help(suggestion(rest, EventField::ALL.iter().map(|f| f.as_str()))),
+                                    Diagnostic::error(
+                                        Code::RefUnknownEventField,
+                                        at.clone(),
+                                        format!("`event.{rest}` is not a field of the event envelope"),
+                                    )
+                                    .help(suggestion(rest, EventField::ALL.iter().map(|f| f.as_str()))),
                                 );
+                                cx.dropped.insert(at);
                                 return None;
                             }
                         },
@@ -574,23 +486,14 @@ fn assignments(cx: &mut Ctx, here: &str, a: IndexMap<String, wire::Source>) -> A
         .collect()
 }
 
-fn check(
-    cx: &mut Ctx,
-    at: &str,
-    columns: &IndexMap<ColumnName, Column>,
-    c: wire::Check,
-) -> Option<Check> {
+fn check(cx: &mut Ctx, at: &str, columns: &IndexMap<ColumnName, Column>, c: wire::Check) -> Option<Check> {
     let mut col = |name: &str, here: String| -> Option<(ColumnName, &Column)> {
         match columns.get_key_value(name) {
             Some((n, c)) => Some((n.clone(), c)),
             None => {
                 cx.push(
-                    Diagnostic::error(
-                        Code::CheckInvalid,
-                        here,
-                        format!("the check names the unknown column `{name}`"),
-                    )
-                    .help(suggestion(name, columns.keys().map(ColumnName::as_str))),
+                    Diagnostic::error(Code::CheckInvalid, here, format!("the check names the unknown column `{name}`"))
+                        .help(suggestion(name, columns.keys().map(ColumnName::as_str))),
                 );
                 None
             }
@@ -599,11 +502,7 @@ fn check(
     Some(match c {
         wire::Check::NotNull(n) => Check::NotNull(col(&n, format!("{at}/not_null"))?.0),
         wire::Check::Unique(ns) => {
-            let names: Vec<_> = ns
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| col(n, format!("{at}/unique/{i}")).map(|c| c.0))
-                .collect();
+            let names: Vec<_> = ns.iter().enumerate().filter_map(|(i, n)| col(n, format!("{at}/unique/{i}")).map(|c| c.0)).collect();
             if names.len() != ns.len() {
                 return None;
             }
@@ -621,10 +520,7 @@ fn check(
                     ));
                 }
             }
-            Check::AcceptedValues {
-                column: name,
-                values,
-            }
+            Check::AcceptedValues { column: name, values }
         }
         wire::Check::Range { column, min, max } => {
             let (name, c) = col(&column, format!("{at}/range/column"))?;
@@ -633,10 +529,7 @@ fn check(
                     Diagnostic::error(
                         Code::CheckInvalid,
                         format!("{at}/range/column"),
-                        format!(
-                            "a range check needs a numeric column; `{name}` is {}",
-                            c.data_type
-                        ),
+                        format!("a range check needs a numeric column; `{name}` is {}", c.data_type),
                     )
                     .help("use accepted_values for strings"),
                 );
@@ -650,11 +543,7 @@ fn check(
                     ));
                 }
             }
-            Check::Range {
-                column: name,
-                min,
-                max,
-            }
+            Check::Range { column: name, min, max }
         }
         wire::Check::RowCount { min, max } => {
             if let (Some(lo), Some(hi)) = (min, max) {
@@ -677,12 +566,7 @@ pub(crate) fn literal_fits(v: &Value, t: &DataType) -> bool {
         (Value::Null, _) => true,
         (Value::String(_), DataType::String) => true,
         (Value::String(s), DataType::Date) => s.len() == 10 && s.as_bytes().get(4) == Some(&b'-'),
-        (Value::String(s), DataType::Timestamp) => {
-            s.len() >= 19
-                && s.as_bytes()
-                    .get(10)
-                    .is_some_and(|b| *b == b'T' || *b == b' ')
-        }
+        (Value::String(s), DataType::Timestamp) => s.len() >= 19 && s.as_bytes().get(10).is_some_and(|b| *b == b'T' || *b == b' '),
         (Value::Bool(_), DataType::Boolean) => true,
         (Value::Number(n), DataType::Int32) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
         (Value::Number(n), DataType::Int64) => n.is_i64(),
@@ -693,38 +577,20 @@ pub(crate) fn literal_fits(v: &Value, t: &DataType) -> bool {
 }
 
 fn quote_all(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
-fn unresolved(
-    code: Code,
-    at: String,
-    path: &FieldPath,
-    u: &payload::Unresolved,
-    what: &str,
-) -> Diagnostic {
+/// `what` names the reference, e.g. "`payload.customer.emial` in `OrderPlaced`".
+fn unresolved(code: Code, at: String, path: &FieldPath, u: &payload::Unresolved, what: &str) -> Diagnostic {
     let missing = &path.0[u.depth];
     let prefix = path.0[..u.depth].join(".");
-    let place = if prefix.is_empty() {
-        "the payload".to_owned()
-    } else {
-        format!("`{prefix}`")
-    };
+    let place = if prefix.is_empty() { "the payload".to_owned() } else { format!("`{prefix}`") };
     let help = if u.available.is_empty() {
         format!("{place} has no fields; declare them under `properties` in the event schema")
     } else {
         suggestion(missing, u.available.iter().map(String::as_str))
     };
-    Diagnostic::error(
-        code,
-        at,
-        format!("{what} `{path}` does not exist: {place} has no field `{missing}`"),
-    )
-    .help(help)
+    Diagnostic::error(code, at, format!("{what} does not exist: {place} has no field `{missing}`")).help(help)
 }
 
 /// References between parts of the contract: rules to events, payload paths
@@ -753,28 +619,20 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                                 format!("{at}/upsert/key/{i}"),
                                 format!("the key column `{k}` is nullable"),
                             )
-                            .help(format!(
-                                "add `required: true` to column `{k}`: a row's key is never null"
-                            )),
+                            .help(format!("add `required: true` to column `{k}`: a row's key is never null")),
                         ),
-                        Some(col)
-                            if matches!(
-                                col.data_type,
-                                DataType::Struct(_) | DataType::List(_) | DataType::Float64
-                            ) =>
-                        {
+                        Some(col) if matches!(col.data_type, DataType::Struct(_) | DataType::List(_) | DataType::Float64) => {
                             cx.push(Diagnostic::error(
                                 Code::KeyInvalid,
                                 format!("{at}/upsert/key/{i}"),
-                                format!(
-                                    "the key column `{k}` is {}, which cannot identify a row",
-                                    col.data_type
-                                ),
+                                format!("the key column `{k}` is {}, which cannot identify a row", col.data_type),
                             ))
                         }
                         Some(_) => {}
                     }
                 }
+                let key_ok = key.iter().all(|k| table.columns.contains_key(k));
+                let key: Vec<&ColumnName> = key.iter().filter(|k| table.columns.contains_key(*k)).collect();
                 rules
                     .iter()
                     .map(|(e, r)| {
@@ -783,21 +641,31 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                             Rule::Delete(_) => ("delete", true),
                         };
                         let here = format!("{at}/upsert/from/{e}/{verb}");
-                        for k in key {
-                            if !r.assignments().contains_key(k) {
+                        for k in &key {
+                            if !r.assignments().contains_key(*k) {
                                 cx.push(
-                                    Diagnostic::error(Code::KeyInvalid, here.clone(), format!("the rule for `{e}` does not set the key column `{k}`"))
-                                        .at_key()
-                                        .help(format!("add `{k}: payload.<field>` (or `event.stream`): every event must say which row it {verb}s")),
+                                    Diagnostic::error(
+                                        Code::KeyInvalid,
+                                        here.clone(),
+                                        format!("the rule for `{e}` does not set the key column `{k}`"),
+                                    )
+                                    .at_key()
+                                    .help(format!(
+                                        "add `{k}: payload.<field>` (or `event.stream`): every event must say which row it {verb}s"
+                                    )),
                                 );
                             }
                         }
-                        if delete {
+                        if delete && key_ok {
                             for col in r.assignments().keys().filter(|col| !key.contains(col)) {
                                 cx.push(
-                                    Diagnostic::error(Code::RuleInvalid, child(&here, col.as_str()), format!("a delete sets only key columns; `{col}` is not one"))
-                                        .at_key()
-                                        .help("remove it: the whole row is deleted"),
+                                    Diagnostic::error(
+                                        Code::RuleInvalid,
+                                        child(&here, col.as_str()),
+                                        format!("a delete sets only key columns; `{col}` is not one"),
+                                    )
+                                    .at_key()
+                                    .help("remove it: the whole row is deleted"),
                                 );
                             }
                         }
@@ -805,31 +673,19 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                     })
                     .collect()
             }
-            Projection::Append { rules } => rules
-                .iter()
-                .map(|(e, a)| (e, a, false, format!("{at}/append/from/{e}/set")))
-                .collect(),
+            Projection::Append { rules } => rules.iter().map(|(e, a)| (e, a, false, format!("{at}/append/from/{e}/set"))).collect(),
             Projection::Sql { reads, .. } => {
                 for r in reads {
                     if r == table_name {
-                        cx.push(Diagnostic::error(
-                            Code::SqlInvalid,
-                            format!("{at}/sql"),
-                            "the query reads its own table",
-                        ));
+                        cx.push(Diagnostic::error(Code::SqlInvalid, format!("{at}/sql"), "the query reads its own table"));
                     } else if !c.tables.contains_key(r) {
                         cx.push(
                             Diagnostic::error(
                                 Code::SqlInvalid,
                                 format!("{at}/sql"),
-                                format!(
-                                    "the query reads `{r}`, which is not a table of this product"
-                                ),
+                                format!("the query reads `{r}`, which is not a table of this product"),
                             )
-                            .help(suggestion(
-                                r.as_str(),
-                                c.tables.keys().map(TableName::as_str),
-                            )),
+                            .help(suggestion(r.as_str(), c.tables.keys().map(TableName::as_str))),
                         );
                     }
                 }
@@ -842,33 +698,25 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
         };
 
         for (event_name, assigned, _delete, here) in &rules {
-            let rule_at = here
-                .rsplit_once('/')
-                .map(|(p, _)| p.to_owned())
-                .unwrap_or_default();
+            let rule_at = here.rsplit_once('/').map(|(p, _)| p.to_owned()).unwrap_or_default();
             let Some(event) = c.events.get(*event_name) else {
                 cx.push(
-                    Diagnostic::error(
-                        Code::RefUnknownEvent,
-                        rule_at,
-                        format!("the rule refers to the unknown event type `{event_name}`"),
-                    )
-                    .at_key()
-                    .help(suggestion(event_name.as_str(), event_names())),
+                    Diagnostic::error(Code::RefUnknownEvent, rule_at, format!("the rule refers to the unknown event type `{event_name}`"))
+                        .at_key()
+                        .help(suggestion(event_name.as_str(), event_names())),
                 );
                 continue;
             };
             for (col_name, source) in assigned.iter() {
                 let src_at = child(here, col_name.as_str());
                 let Some(col) = table.columns.get(col_name) else {
+                    if cx.dropped.contains(&format!("{at}/columns/{col_name}")) {
+                        continue;
+                    }
                     cx.push(
-                        Diagnostic::error(
-                            Code::RefUnknownColumn,
-                            src_at,
-                            format!("the rule sets the unknown column `{col_name}`"),
-                        )
-                        .at_key()
-                        .help(suggestion(col_name.as_str(), column_names())),
+                        Diagnostic::error(Code::RefUnknownColumn, src_at, format!("the rule sets the unknown column `{col_name}`"))
+                            .at_key()
+                            .help(suggestion(col_name.as_str(), column_names())),
                     );
                     continue;
                 };
@@ -878,15 +726,9 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                     Source::Payload(path) => match payload::resolve(&event.schema, path) {
                         Ok(field) => {
                             if !payload::fits(&field, &col.data_type) {
-                                let found = if field.types.is_empty() {
-                                    "of no declared type".to_owned()
-                                } else {
-                                    field.types.join(" or ")
-                                };
-                                let format = field
-                                    .format
-                                    .map(|f| format!(" (format {f})"))
-                                    .unwrap_or_default();
+                                let found =
+                                    if field.types.is_empty() { "of no declared type".to_owned() } else { field.types.join(" or ") };
+                                let format = field.format.map(|f| format!(" (format {f})")).unwrap_or_default();
                                 cx.push(
                                     Diagnostic::error(
                                         Code::RefTypeMismatch,
@@ -914,11 +756,7 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                             cx.push(Diagnostic::error(
                                 Code::RefTypeMismatch,
                                 src_at.clone(),
-                                format!(
-                                    "`event.{}` does not fit the {} column `{col_name}`",
-                                    field.as_str(),
-                                    col.data_type
-                                ),
+                                format!("`event.{}` does not fit the {} column `{col_name}`", field.as_str(), col.data_type),
                             ));
                         }
                         true
@@ -929,21 +767,14 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                             cx.push(Diagnostic::error(
                                 Code::RefTypeMismatch,
                                 src_at.clone(),
-                                format!(
-                                    "the literal {v} does not fit the {} column `{col_name}`",
-                                    col.data_type
-                                ),
+                                format!("the literal {v} does not fit the {} column `{col_name}`", col.data_type),
                             ));
                         }
                         !v.is_null()
                     }
                 };
                 if !always && (is_key || col.required) {
-                    let what = if is_key {
-                        "key column"
-                    } else {
-                        "required column"
-                    };
+                    let what = if is_key { "key column" } else { "required column" };
                     cx.push(
                         Diagnostic::error(
                             if is_key { Code::KeyInvalid } else { Code::RuleInvalid },
@@ -951,7 +782,9 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                             format!("the {what} `{col_name}` is set from `{source}`, which `{event_name}` may leave out"),
                         )
                         .help(match source {
-                            Source::Payload(p) => format!("list `{p}` under `required` in the schema of `{event_name}`, or make the column nullable"),
+                            Source::Payload(p) => {
+                                format!("list `{p}` under `required` in the schema of `{event_name}`, or make the column nullable")
+                            }
                             _ => "use a payload field that is always present, or make the column nullable".to_owned(),
                         }),
                     );
@@ -959,11 +792,15 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
             }
             if let Projection::Append { .. } = table.projection {
                 for (col_name, col) in &table.columns {
-                    if col.required && !assigned.contains_key(col_name) {
+                    if col.required && !assigned.contains_key(col_name) && !cx.dropped.contains(&child(here, col_name.as_str())) {
                         cx.push(
-                            Diagnostic::error(Code::RuleInvalid, here.clone(), format!("the rule for `{event_name}` does not set the required column `{col_name}`"))
-                                .at_key()
-                                .help(format!("set `{col_name}`, or make it nullable")),
+                            Diagnostic::error(
+                                Code::RuleInvalid,
+                                here.clone(),
+                                format!("the rule for `{event_name}` does not set the required column `{col_name}`"),
+                            )
+                            .at_key()
+                            .help(format!("set `{col_name}`, or make it nullable")),
                         );
                     }
                 }
@@ -991,9 +828,7 @@ fn type_help(t: &DataType) -> String {
         DataType::Timestamp => "a timestamp column takes a string with `format: date-time`".into(),
         DataType::Date => "a date column takes a string with `format: date`".into(),
         DataType::Int32 | DataType::Int64 => "an integer column takes `type: integer`".into(),
-        DataType::Float64 | DataType::Decimal { .. } => {
-            "a numeric column takes `type: number` or `type: integer`".into()
-        }
+        DataType::Float64 | DataType::Decimal { .. } => "a numeric column takes `type: number` or `type: integer`".into(),
         DataType::Boolean => "a boolean column takes `type: boolean`".into(),
         DataType::String => "a string column takes `type: string`".into(),
         DataType::Struct(_) => "a struct column takes `type: object`".into(),
@@ -1010,24 +845,16 @@ fn check_sql_cycles(cx: &mut Ctx, c: &Contract) {
         let mut stack = vec![(start, vec![start])];
         let mut visited = HashSet::new();
         while let Some((node, path)) = stack.pop() {
-            let Some(Projection::Sql { reads, .. }) = c.tables.get(node).map(|t| &t.projection)
-            else {
+            let Some(Projection::Sql { reads, .. }) = c.tables.get(node).map(|t| &t.projection) else {
                 continue;
             };
             for r in reads {
                 if r == start && node != start {
-                    let names: Vec<&str> = path
-                        .iter()
-                        .map(|t| t.as_str())
-                        .chain([start.as_str()])
-                        .collect();
+                    let names: Vec<&str> = path.iter().map(|t| t.as_str()).chain([start.as_str()]).collect();
                     cx.push(Diagnostic::error(
                         Code::SqlInvalid,
                         format!("/tables/{start}/sql"),
-                        format!(
-                            "derived tables read each other in a cycle: {}",
-                            names.join(" → ")
-                        ),
+                        format!("derived tables read each other in a cycle: {}", names.join(" → ")),
                     ));
                     stack.clear();
                     break;

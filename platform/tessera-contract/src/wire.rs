@@ -65,29 +65,12 @@ pub struct Upcaster {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpcastStep {
-    Move {
-        from: String,
-        to: String,
-    },
-    Default {
-        field: String,
-        value: Value,
-    },
-    Remove {
-        field: String,
-    },
-    Map {
-        field: String,
-        values: Map<String, Value>,
-    },
-    Scale {
-        field: String,
-        by: f64,
-    },
-    Cast {
-        field: String,
-        to: String,
-    },
+    Move { from: String, to: String },
+    Default { field: String, value: Value },
+    Remove { field: String },
+    Map { field: String, values: Map<String, Value> },
+    Scale { field: String, by: f64 },
+    Cast { field: String, to: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,17 +138,7 @@ pub struct Column {
 pub enum Check {
     NotNull(String),
     Unique(Vec<String>),
-    AcceptedValues {
-        column: String,
-        values: Vec<Value>,
-    },
-    Range {
-        column: String,
-        min: Option<f64>,
-        max: Option<f64>,
-    },
-    RowCount {
-        min: Option<u64>,
-        max: Option<u64>,
-    },
+    AcceptedValues { column: String, values: Vec<Value> },
+    Range { column: String, min: Option<f64>, max: Option<f64> },
+    RowCount { min: Option<u64>, max: Option<u64> },
 }

@@ -9,6 +9,4 @@
 
 mod names;
 
-pub use names::{
-    ColumnName, DomainName, EventTypeName, NameError, ProductName, ProductRef, TableName,
-};
+pub use names::{ColumnName, DomainName, EventTypeName, NameError, ProductName, ProductRef, TableName};

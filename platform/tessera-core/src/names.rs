@@ -21,21 +21,16 @@ pub struct NameError {
 }
 
 const SNAKE_RULE: &str = "use lower_snake_case: a lowercase letter, then lowercase letters, digits or `_`, at most 63 characters";
-const CAMEL_RULE: &str =
-    "use UpperCamelCase: an uppercase letter, then letters or digits, at most 63 characters";
+const CAMEL_RULE: &str = "use UpperCamelCase: an uppercase letter, then letters or digits, at most 63 characters";
 
 fn is_snake(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && s.len() <= MAX_LEN
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+    matches!(chars.next(), Some('a'..='z')) && s.len() <= MAX_LEN && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
 }
 
 fn is_camel(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some('A'..='Z'))
-        && s.len() <= MAX_LEN
-        && chars.all(|c| c.is_ascii_alphanumeric())
+    matches!(chars.next(), Some('A'..='Z')) && s.len() <= MAX_LEN && chars.all(|c| c.is_ascii_alphanumeric())
 }
 
 macro_rules! name_type {
@@ -154,10 +149,7 @@ impl FromStr for ProductRef {
             value: s.to_owned(),
             rule: "write it as `domain/name`, e.g. `sales/orders`",
         })?;
-        Ok(Self {
-            domain: domain.parse()?,
-            name: name.parse()?,
-        })
+        Ok(Self { domain: domain.parse()?, name: name.parse()? })
     }
 }
 
@@ -170,18 +162,7 @@ mod tests {
         for ok in ["a", "orders", "daily_revenue", "v2_items", &"a".repeat(63)] {
             assert!(TableName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "Orders",
-            "2fast",
-            "_x",
-            "a-b",
-            "a.b",
-            "a/b",
-            "../x",
-            "é",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "Orders", "2fast", "_x", "a-b", "a.b", "a/b", "../x", "é", &"a".repeat(64)] {
             let err = TableName::parse(bad).unwrap_err();
             assert_eq!(err.value, bad);
         }
