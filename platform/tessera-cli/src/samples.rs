@@ -91,9 +91,13 @@ struct StreamState {
 pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
     let mut rng = fastrand::Rng::with_seed(seed);
     let (create, middle, delete) = lifecycle(contract);
+    let keys = key_fields(contract);
+    // Streams are named like the entity their key identifies (`order_id` gives
+    // `ORD-000001`), so that other products' references to it join.
+    let stream_prefix = keys.first().map_or_else(|| prefix(contract.name.as_str()), |k| prefix(&entity(k)));
     let mut samples = Vec::new();
     for s in 0..streams {
-        let stream_id = format!("{}-{:06}", prefix(contract.name.as_str()), s + 1);
+        let stream_id = format!("{stream_prefix}-{:06}", s + 1);
         let mut state = StreamState {
             clock_ms: EPOCH_MS + rng.i64(0..90 * 86_400_000),
             person: Person {
@@ -122,7 +126,6 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
                 continue;
             };
             state.clock_ms += rng.i64(60_000..36 * 3_600_000);
-            let keys = key_fields(contract);
             let payload = object(&event.schema, &event.schema, "", &keys, &stream_id, &mut state, &mut rng);
             let (schema_version, payload) = maybe_older(event, payload, &mut rng);
             let id = uuid_v7(state.clock_ms, &mut rng);
@@ -133,7 +136,7 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
                 "schema_version": schema_version,
                 "payload": payload,
                 "metadata": { "producer": format!("{}-service", contract.domain), "correlation_id": uuid_v7(state.clock_ms, &mut rng) },
-                "expected_version": version,
+                "expected_version": if version == 0 { json!("no_stream") } else { json!(version) },
             });
             samples.push(Sample { at_ms: state.clock_ms, seq: samples.len(), line });
         }
@@ -193,6 +196,13 @@ fn key_fields(contract: &Contract) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The entity a dotted id path names: `order_id` and `order.id` give `order`.
+fn entity(path: &str) -> String {
+    let mut parts = path.rsplit('.');
+    let last = parts.next().unwrap_or_default();
+    if last == "id" { parts.next().unwrap_or("id").to_owned() } else { last.trim_end_matches("_id").to_owned() }
 }
 
 fn prefix(product: &str) -> String {
@@ -327,6 +337,7 @@ fn fresh(
                 (Some("pii.ip_address"), _) | (_, Some("ipv4")) => {
                     format!("203.0.113.{}", p.n % 255)
                 }
+                (Some("pii.payment_card"), _) if name.contains("last4") => format!("{:04}", p.n),
                 (Some("pii.payment_card"), _) => format!("4111 1111 1111 {:04}", p.n),
                 (_, Some("date-time")) => iso(st.clock_ms, true),
                 (_, Some("date")) => iso(st.clock_ms, false),
@@ -335,8 +346,7 @@ fn fresh(
                 _ if name == "city" => p.city.0.to_owned(),
                 _ if name.ends_with("_id") || name == "id" => {
                     // `customer.id` is a customer's id, like `customer_id`.
-                    let entity = if name == "id" { path.rsplit('.').nth(1).unwrap_or("id") } else { name.trim_end_matches("_id") };
-                    format!("{}-{:06}", prefix(entity), rng.u32(1..600))
+                    format!("{}-{:06}", prefix(&entity(path)), rng.u32(1..=600))
                 }
                 _ if name == "sku" => format!("SKU-{:05}", rng.u32(1..2000)),
                 _ => format!("{}-{}", WORDS[rng.usize(..WORDS.len())], rng.u32(1..100)),

@@ -132,7 +132,7 @@ fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str
                         format!("{role} gets `{strategy}` for {class_name}, which cannot mask a {} column", col.data_type),
                     )
                     .at_key()
-                    .help(format!("tighten it: `masking: {{ {role}: {} }}`", stricter.first().copied().unwrap_or("null"))),
+                    .help(format!("tighten it: `masking: {{ {role}: {} }}`", yaml_strategy(stricter.first().copied().unwrap_or("null")))),
                 );
             }
         }
@@ -142,6 +142,11 @@ fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str
             check_column(out, policy, &child(&format!("{at}/fields"), field_name.as_str()), field_name.as_str(), field);
         }
     }
+}
+
+/// A strategy as written in YAML: `null` must be quoted to be the strategy.
+fn yaml_strategy(s: &str) -> String {
+    if s == "null" { "\"null\"".to_owned() } else { s.to_owned() }
 }
 
 /// The checks shared by columns and payload fields.

@@ -1,1 +1,36 @@
-//! Integration tests of the `tessera` command.
+//! Integration tests of the `tessera` command: the real binary, real files.
+
+mod contracts;
+mod samples;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `tessera` with `args` from the repository root.
+pub fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(repo()).env_remove("TESSERA_POLICY").output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The example products' contract paths, relative to the repository root.
+pub fn example_contracts() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(repo().join("products"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("contract.yaml").exists())
+        .map(|p| format!("products/{}/contract.yaml", p.file_name().unwrap().to_string_lossy()))
+        .collect();
+    out.sort();
+    out
+}
