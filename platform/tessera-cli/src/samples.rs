@@ -116,10 +116,10 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
             let times = if *repeats { rng.usize(1..4) } else { usize::from(rng.f32() < 0.5) };
             types.extend(std::iter::repeat_n(event, times));
         }
-        if let Some(d) = &delete {
-            if rng.f32() < 0.03 {
-                types.push(d);
-            }
+        if let Some(d) = &delete
+            && rng.f32() < 0.03
+        {
+            types.push(d);
         }
         for (version, event_name) in types.into_iter().enumerate() {
             let Some(event) = contract.events.get(event_name) else {
@@ -255,10 +255,8 @@ fn value(
     }
     let classification = schema.get("classification").and_then(Value::as_str).filter(|c| *c != "none");
     let identity = name == "id" || name.ends_with("_id") || classification.is_some();
-    if identity {
-        if let Some(v) = st.remembered.get(path) {
-            return v.clone();
-        }
+    if identity && let Some(v) = st.remembered.get(path) {
+        return v.clone();
     }
     let v = fresh(root, schema, path, name, classification, keys, stream, st, rng);
     if identity {
@@ -398,18 +396,18 @@ fn invert(step: &UpcastStep, v: &mut Value) {
             }
         }
         UpcastStep::Map { field, values } => {
-            if let Some(slot) = get_mut(v, field) {
-                if let Some((k, _)) = values.iter().find(|(_, to)| *to == slot) {
-                    *slot = json!(k);
-                }
+            if let Some(slot) = get_mut(v, field)
+                && let Some((k, _)) = values.iter().find(|(_, to)| *to == slot)
+            {
+                *slot = json!(k);
             }
         }
         UpcastStep::Scale { field, by } => {
-            if let Some(slot) = get_mut(v, field) {
-                if let Some(x) = slot.as_f64() {
-                    let y = (x / by * 1e6).round() / 1e6;
-                    *slot = if y.fract() == 0.0 { json!(y as i64) } else { json!(y) };
-                }
+            if let Some(slot) = get_mut(v, field)
+                && let Some(x) = slot.as_f64()
+            {
+                let y = (x / by * 1e6).round() / 1e6;
+                *slot = if y.fract() == 0.0 { json!(y as i64) } else { json!(y) };
             }
         }
         UpcastStep::Remove { .. } | UpcastStep::Cast { .. } => {}

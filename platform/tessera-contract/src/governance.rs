@@ -170,17 +170,17 @@ fn classify(
             .help(suggestion(c, policy.classifications.keys().map(String::as_str))),
         ),
         Some(NONE) => {
-            if let Some(s) = suspected {
-                if justification.is_none_or(|j| j.trim().is_empty()) {
-                    out.push(
-                        Diagnostic::error(
-                            Code::GovernanceMissingJustification,
-                            format!("{at}/classification"),
-                            format!("{what} looks like {s} but is classified `none` without a justification"),
-                        )
-                        .help("add `justification:` saying why it holds no personal data"),
-                    );
-                }
+            if let Some(s) = suspected
+                && justification.is_none_or(|j| j.trim().is_empty())
+            {
+                out.push(
+                    Diagnostic::error(
+                        Code::GovernanceMissingJustification,
+                        format!("{at}/classification"),
+                        format!("{what} looks like {s} but is classified `none` without a justification"),
+                    )
+                    .help("add `justification:` saying why it holds no personal data"),
+                );
             }
         }
         Some(_) => {}

@@ -92,10 +92,10 @@ fn apply(step: &UpcastStep, payload: &mut Value) -> Result<(), String> {
             }
         }
         UpcastStep::Cast { field, to } => {
-            if let Some(slot) = get_mut(payload, field) {
-                if !slot.is_null() {
-                    *slot = cast(slot, *to).ok_or_else(|| format!("cannot cast `{field}` ({}) to {}", kind(slot), cast_name(*to)))?;
-                }
+            if let Some(slot) = get_mut(payload, field)
+                && !slot.is_null()
+            {
+                *slot = cast(slot, *to).ok_or_else(|| format!("cannot cast `{field}` ({}) to {}", kind(slot), cast_name(*to)))?;
             }
         }
     }

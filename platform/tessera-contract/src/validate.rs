@@ -534,26 +534,26 @@ fn check(cx: &mut Ctx, at: &str, columns: &IndexMap<ColumnName, Column>, c: wire
                     .help("use accepted_values for strings"),
                 );
             }
-            if let (Some(lo), Some(hi)) = (min, max) {
-                if lo > hi {
-                    cx.push(Diagnostic::error(
-                        Code::CheckInvalid,
-                        format!("{at}/range"),
-                        format!("the range is empty: min {lo} is above max {hi}"),
-                    ));
-                }
+            if let (Some(lo), Some(hi)) = (min, max)
+                && lo > hi
+            {
+                cx.push(Diagnostic::error(
+                    Code::CheckInvalid,
+                    format!("{at}/range"),
+                    format!("the range is empty: min {lo} is above max {hi}"),
+                ));
             }
             Check::Range { column: name, min, max }
         }
         wire::Check::RowCount { min, max } => {
-            if let (Some(lo), Some(hi)) = (min, max) {
-                if lo > hi {
-                    cx.push(Diagnostic::error(
-                        Code::CheckInvalid,
-                        format!("{at}/row_count"),
-                        format!("the row count range is empty: min {lo} is above max {hi}"),
-                    ));
-                }
+            if let (Some(lo), Some(hi)) = (min, max)
+                && lo > hi
+            {
+                cx.push(Diagnostic::error(
+                    Code::CheckInvalid,
+                    format!("{at}/row_count"),
+                    format!("the row count range is empty: min {lo} is above max {hi}"),
+                ));
             }
             Check::RowCount { min, max }
         }

@@ -82,9 +82,9 @@ fn export_odcs_writes_a_document() {
 /// The path of an external tool: `$env_var`, else `name` on the PATH. In CI
 /// a missing tool fails the test; elsewhere the test says it was skipped.
 pub fn external_tool(env_var: &str, name: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os(env_var).map(std::path::PathBuf::from).or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
-    });
+    let found = std::env::var_os(env_var)
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())));
     if found.is_none() {
         assert!(std::env::var("CI").is_err(), "{name} is missing: CI must install it (.ci/run sets {env_var})");
         eprintln!("SKIPPED: {name} is not installed; `.ci/run` installs it");

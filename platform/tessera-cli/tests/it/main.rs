@@ -1,5 +1,7 @@
 //! Integration tests of the `tessera` command: the real binary, real files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // Test code: a panic is a failure.
+
 mod contracts;
 mod samples;
 

@@ -1,6 +1,9 @@
 //! Integration tests of the contract crate: one binary, one module per area.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // Test code: a panic is a failure.
+
 mod corpus;
+mod docs;
 mod examples;
 mod robustness;
 
