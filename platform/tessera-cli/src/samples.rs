@@ -366,7 +366,7 @@ fn maybe_older(event: &EventType, payload: Value, rng: &mut fastrand::Rng) -> (u
     for u in event.upcasters.iter().filter(|u| u.from >= target) {
         for step in &u.steps {
             if let UpcastStep::Default { field, value } = step {
-                put(&mut payload, field, value.clone());
+                let _ = field.put(&mut payload, value.clone());
             }
         }
     }
@@ -387,23 +387,23 @@ fn invert(step: &UpcastStep, v: &mut Value) {
     match step {
         UpcastStep::Move { from, to } => {
             if let Some(x) = take(v, to) {
-                put(v, from, x);
+                let _ = from.put(v, x);
             }
         }
         UpcastStep::Default { field, value } => {
-            if get(v, field) == Some(value) {
+            if field.get(v) == Some(value) {
                 take(v, field);
             }
         }
         UpcastStep::Map { field, values } => {
-            if let Some(slot) = get_mut(v, field)
+            if let Some(slot) = field.get_mut(v)
                 && let Some((k, _)) = values.iter().find(|(_, to)| *to == slot)
             {
                 *slot = json!(k);
             }
         }
         UpcastStep::Scale { field, by } => {
-            if let Some(slot) = get_mut(v, field)
+            if let Some(slot) = field.get_mut(v)
                 && let Some(x) = slot.as_f64()
             {
                 let y = (x / by * 1e6).round() / 1e6;
@@ -414,39 +414,16 @@ fn invert(step: &UpcastStep, v: &mut Value) {
     }
 }
 
-fn get<'a>(v: &'a Value, p: &FieldPath) -> Option<&'a Value> {
-    p.0.iter().try_fold(v, |n, s| n.get(s))
-}
-
-fn get_mut<'a>(v: &'a mut Value, p: &FieldPath) -> Option<&'a mut Value> {
-    p.0.iter().try_fold(v, |n, s| n.get_mut(s))
-}
-
+/// Removes the value at `p`, and a parent object the removal left empty:
+/// the older shape a `move` came from had no such parent.
 fn take(v: &mut Value, p: &FieldPath) -> Option<Value> {
-    let (last, parents) = p.0.split_last()?;
-    let parent = parents.iter().try_fold(&mut *v, |n, s| n.get_mut(s))?;
-    let removed = parent.as_object_mut()?.shift_remove(last);
-    // Drop parents the move emptied, as the older shape had none.
-    if parents.len() == 1 && v.get(&parents[0]).and_then(Value::as_object).is_some_and(Map::is_empty) {
-        v.as_object_mut().and_then(|o| o.shift_remove(&parents[0]));
+    let removed = p.take(v)?;
+    if let [parent, _] = p.0.as_slice()
+        && v.get(parent).and_then(Value::as_object).is_some_and(Map::is_empty)
+    {
+        v.as_object_mut().and_then(|o| o.shift_remove(parent));
     }
-    removed
-}
-
-fn put(v: &mut Value, p: &FieldPath, x: Value) {
-    let Some((last, parents)) = p.0.split_last() else {
-        return;
-    };
-    let mut node = v;
-    for s in parents {
-        let Some(obj) = node.as_object_mut() else {
-            return;
-        };
-        node = obj.entry(s.clone()).or_insert_with(|| json!({}));
-    }
-    if let Some(obj) = node.as_object_mut() {
-        obj.insert(last.clone(), x);
-    }
+    Some(removed)
 }
 
 /// A time-ordered UUID (v7) from a timestamp and the seeded generator.

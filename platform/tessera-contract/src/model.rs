@@ -126,6 +126,53 @@ impl FieldPath {
     }
 }
 
+impl FieldPath {
+    /// The value at this path, if every step is an object that has it.
+    pub fn get<'a>(&self, v: &'a Value) -> Option<&'a Value> {
+        self.0.iter().try_fold(v, |node, seg| node.as_object()?.get(seg))
+    }
+
+    pub fn get_mut<'a>(&self, v: &'a mut Value) -> Option<&'a mut Value> {
+        self.0.iter().try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))
+    }
+
+    /// Removes and returns the value at this path.
+    pub fn take(&self, v: &mut Value) -> Option<Value> {
+        let (last, parents) = self.0.split_last()?;
+        let parent = parents.iter().try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))?;
+        parent.as_object_mut()?.shift_remove(last)
+    }
+
+    /// Sets the value at this path, creating missing parent objects. Fails,
+    /// leaving `v` as it was, when the payload or a parent on the way exists
+    /// but is not an object.
+    pub fn put(&self, v: &mut Value, value: Value) -> Result<(), String> {
+        let Some((last, parents)) = self.0.split_last() else { return Ok(()) };
+        // Check the whole way first, so that a failure writes nothing.
+        let mut probe = Some(&*v);
+        for (i, seg) in std::iter::once("").chain(parents.iter().map(String::as_str)).enumerate() {
+            let node = if i == 0 { probe } else { probe.and_then(|n| n.get(seg)) };
+            if node.is_some_and(|n| !n.is_object()) {
+                let at = if i == 0 { "the payload".to_owned() } else { format!("`{}`", parents[..i].join(".")) };
+                return Err(format!("cannot create `{self}`: {at} is not an object"));
+            }
+            probe = node;
+        }
+        let mut node = v;
+        for seg in parents {
+            let Value::Object(obj) = node else { return Err(format!("cannot create `{self}`")) };
+            node = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
+        }
+        match node {
+            Value::Object(obj) => {
+                obj.insert(last.clone(), value);
+                Ok(())
+            }
+            _ => Err(format!("cannot create `{self}`")),
+        }
+    }
+}
+
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.join("."))

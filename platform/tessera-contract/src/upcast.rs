@@ -6,9 +6,9 @@
 //! field is left alone (except by `default`, which adds it), and a value of
 //! the wrong kind is an error naming the step, never a silent change.
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
-use crate::model::{CastType, EventType, FieldPath, UpcastStep};
+use crate::model::{CastType, EventType, UpcastStep};
 
 /// Why a payload could not be upcast.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -48,20 +48,20 @@ pub fn upcast(event: &EventType, version: u32, mut payload: Value) -> Result<Val
 fn apply(step: &UpcastStep, payload: &mut Value) -> Result<(), String> {
     match step {
         UpcastStep::Move { from, to } => {
-            if let Some(value) = take(payload, from) {
-                put(payload, to, value)?;
+            if let Some(value) = from.take(payload) {
+                to.put(payload, value)?;
             }
         }
         UpcastStep::Default { field, value } => {
-            if get(payload, field).is_none_or(Value::is_null) {
-                put(payload, field, value.clone())?;
+            if field.get(payload).is_none_or(Value::is_null) {
+                field.put(payload, value.clone())?;
             }
         }
         UpcastStep::Remove { field } => {
-            take(payload, field);
+            field.take(payload);
         }
         UpcastStep::Map { field, values } => {
-            if let Some(slot) = get_mut(payload, field) {
+            if let Some(slot) = field.get_mut(payload) {
                 let key = match slot {
                     Value::String(s) => Some(s.clone()),
                     Value::Number(n) => Some(n.to_string()),
@@ -74,7 +74,7 @@ fn apply(step: &UpcastStep, payload: &mut Value) -> Result<(), String> {
             }
         }
         UpcastStep::Scale { field, by } => {
-            if let Some(slot) = get_mut(payload, field) {
+            if let Some(slot) = field.get_mut(payload) {
                 match slot {
                     Value::Null => {}
                     Value::Number(n) => {
@@ -92,7 +92,7 @@ fn apply(step: &UpcastStep, payload: &mut Value) -> Result<(), String> {
             }
         }
         UpcastStep::Cast { field, to } => {
-            if let Some(slot) = get_mut(payload, field)
+            if let Some(slot) = field.get_mut(payload)
                 && !slot.is_null()
             {
                 *slot = cast(slot, *to).ok_or_else(|| format!("cannot cast `{field}` ({}) to {}", kind(slot), cast_name(*to)))?;
@@ -148,42 +148,10 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn get<'a>(v: &'a Value, path: &FieldPath) -> Option<&'a Value> {
-    path.0.iter().try_fold(v, |node, seg| node.as_object()?.get(seg))
-}
-
-fn get_mut<'a>(v: &'a mut Value, path: &FieldPath) -> Option<&'a mut Value> {
-    path.0.iter().try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))
-}
-
-fn take(v: &mut Value, path: &FieldPath) -> Option<Value> {
-    let (last, parents) = path.0.split_last()?;
-    let parent = parents.iter().try_fold(v, |node, seg| node.as_object_mut()?.get_mut(seg))?;
-    parent.as_object_mut()?.shift_remove(last)
-}
-
-fn put(v: &mut Value, path: &FieldPath, value: Value) -> Result<(), String> {
-    let Some((last, parents)) = path.0.split_last() else {
-        return Ok(());
-    };
-    let mut node = v;
-    for seg in parents {
-        let obj = node.as_object_mut().ok_or_else(|| format!("cannot create `{path}`: a parent is not an object"))?;
-        node = obj.entry(seg.clone()).or_insert_with(|| Value::Object(Map::new()));
-    }
-    match node {
-        Value::Object(obj) => {
-            obj.insert(last.clone(), value);
-            Ok(())
-        }
-        other => Err(format!("cannot create `{path}`: its parent is {}", kind(other))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Upcaster;
+    use crate::model::{FieldPath, Upcaster};
     use serde_json::json;
 
     fn p(s: &str) -> FieldPath {
@@ -224,6 +192,19 @@ mod tests {
         assert_eq!(upcast(&e, 2, v2).unwrap(), json!({"customer": {"id": "C1"}, "currency": "USD", "total": 1}));
         // The current version is left as it is.
         assert_eq!(upcast(&e, 3, json!({"x": 1})).unwrap(), json!({"x": 1}));
+    }
+
+    #[test]
+    fn paths_write_everything_or_nothing() {
+        let mut v = json!({"a": 1});
+        assert!(p("a.b.c").put(&mut v, json!(2)).is_err());
+        assert_eq!(v, json!({"a": 1}));
+        assert!(p("x").put(&mut json!([1]), json!(2)).is_err());
+        let mut v = json!({});
+        p("x.y").put(&mut v, json!(1)).unwrap();
+        assert_eq!(v, json!({"x": {"y": 1}}));
+        assert_eq!(p("x.y").take(&mut v), Some(json!(1)));
+        assert_eq!(v, json!({"x": {}}));
     }
 
     #[test]

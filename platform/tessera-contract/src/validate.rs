@@ -534,30 +534,25 @@ fn check(cx: &mut Ctx, at: &str, columns: &IndexMap<ColumnName, Column>, c: wire
                     .help("use accepted_values for strings"),
                 );
             }
-            if let (Some(lo), Some(hi)) = (min, max)
-                && lo > hi
-            {
-                cx.push(Diagnostic::error(
-                    Code::CheckInvalid,
-                    format!("{at}/range"),
-                    format!("the range is empty: min {lo} is above max {hi}"),
-                ));
-            }
+            empty_range(cx, &format!("{at}/range"), "range", min, max);
             Check::Range { column: name, min, max }
         }
         wire::Check::RowCount { min, max } => {
-            if let (Some(lo), Some(hi)) = (min, max)
-                && lo > hi
-            {
-                cx.push(Diagnostic::error(
-                    Code::CheckInvalid,
-                    format!("{at}/row_count"),
-                    format!("the row count range is empty: min {lo} is above max {hi}"),
-                ));
-            }
+            empty_range(cx, &format!("{at}/row_count"), "row count range", min, max);
             Check::RowCount { min, max }
         }
     })
+}
+
+/// Reports a check whose `min` is above its `max`.
+fn empty_range<T: PartialOrd + std::fmt::Display>(cx: &mut Ctx, at: &str, what: &str, min: Option<T>, max: Option<T>) {
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        cx.push(
+            Diagnostic::error(Code::CheckInvalid, at, format!("the {what} is empty: min {lo} is above max {hi}")).help("swap min and max"),
+        );
+    }
 }
 
 /// Whether a literal value can be stored in a column of type `t`.

@@ -76,7 +76,7 @@ proptest! {
     /// typed error, never a panic; the current version is left untouched.
     #[test]
     fn upcasting_is_total(payload in arbitrary_json(), version in 0u32..4) {
-        let contract = tessera_contract::lint_bytes(&example(), &Policy::builtin()).valid().unwrap();
+        let contract = lint_bytes(&example(), &Policy::builtin()).valid().unwrap();
         for event in contract.events.values() {
             match tessera_contract::upcast(event, version, payload.clone()) {
                 Ok(out) if version == event.version => prop_assert_eq!(out, payload.clone()),
