@@ -172,6 +172,10 @@ pub struct Diagnostic {
     /// Line and column, once located in the source.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub position: Option<Position>,
+    /// A position inside the node's text (e.g. of a syntax error in a SQL
+    /// query), counted from 1 at the start of its content.
+    #[serde(skip)]
+    pub within: Option<Position>,
 }
 
 impl Diagnostic {
@@ -185,6 +189,7 @@ impl Diagnostic {
             message: message.into(),
             help: None,
             position: None,
+            within: None,
         }
     }
 
@@ -211,10 +216,23 @@ impl Diagnostic {
         self
     }
 
+    /// Points inside the node's text: `within` counts lines and columns from
+    /// the start of its content.
+    pub fn within(mut self, within: Position) -> Self {
+        self.within = Some(within);
+        self
+    }
+
     /// Fills in the position from the source's span map, if not known yet.
+    /// A position `within` a multi-line scalar assumes its lines share the
+    /// first line's indentation, as block scalars (`|`) do.
     pub fn locate(&mut self, spans: &SpanMap) {
         if self.position.is_none() {
-            self.position = Some(spans.locate(&self.pointer, self.target));
+            let start = spans.locate(&self.pointer, self.target);
+            self.position = Some(match self.within {
+                Some(w) => Position { line: start.line + w.line.saturating_sub(1), column: start.column + w.column.saturating_sub(1) },
+                None => start,
+            });
         }
     }
 

@@ -69,7 +69,7 @@ impl Linted {
 pub fn lint_bytes(bytes: &[u8], policy: &Policy) -> Linted {
     match source::decode(bytes) {
         Ok(text) => lint(text, policy),
-        Err(d) => Linted::failed(vec![d]),
+        Err(d) => Linted::failed(vec![*d]),
     }
 }
 

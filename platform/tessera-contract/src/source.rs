@@ -121,18 +121,20 @@ pub fn parse(text: &str) -> Result<Document, Vec<Diagnostic>> {
 }
 
 /// Decodes bytes as UTF-8 text, with an error naming the first bad byte.
-pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostic> {
+pub fn decode(bytes: &[u8]) -> Result<&str, Box<Diagnostic>> {
     std::str::from_utf8(bytes).map_err(|e| {
         let valid = &bytes[..e.valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
         let column = valid.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-        Diagnostic::error(
-            Code::YamlEncoding,
-            "",
-            format!("the file is not UTF-8 text: invalid byte 0x{:02x} at offset {}", bytes[e.valid_up_to()], e.valid_up_to()),
+        Box::new(
+            Diagnostic::error(
+                Code::YamlEncoding,
+                "",
+                format!("the file is not UTF-8 text: invalid byte 0x{:02x} at offset {}", bytes[e.valid_up_to()], e.valid_up_to()),
+            )
+            .help("save the contract as UTF-8; is this the right file?")
+            .at(Position { line, column }),
         )
-        .help("save the contract as UTF-8; is this the right file?")
-        .at(Position { line, column })
     })
 }
 

@@ -20,13 +20,40 @@ pub struct Analysis {
     pub outputs: Option<Vec<String>>,
 }
 
+/// Why a query is refused, and where in its text when the parser says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub message: String,
+    /// Line and column in the query, from 1.
+    pub at: Option<(usize, usize)>,
+}
+
+impl From<String> for Problem {
+    fn from(message: String) -> Self {
+        Self { message, at: None }
+    }
+}
+
+impl From<&str> for Problem {
+    fn from(message: &str) -> Self {
+        Self { message: message.to_owned(), at: None }
+    }
+}
+
 /// Parses and inspects a derived table's query.
-pub fn analyze(sql: &str) -> Result<Analysis, String> {
-    let statements = Parser::new(&GenericDialect {})
-        .with_recursion_limit(64)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| format!("the query does not parse: {e}"))?;
+pub fn analyze(sql: &str) -> Result<Analysis, Problem> {
+    let statements =
+        Parser::new(&GenericDialect {}).with_recursion_limit(64).try_with_sql(sql).and_then(|mut p| p.parse_statements()).map_err(|e| {
+            let text = e.to_string();
+            // sqlparser ends its messages with ` at Line: L, Column: C`.
+            let at = text.rsplit_once(" at Line: ").and_then(|(_, pos)| {
+                let (line, column) = pos.split_once(", Column: ")?;
+                Some((line.trim().parse().ok()?, column.trim().parse().ok()?))
+            });
+            let message = text.rsplit_once(" at Line: ").map_or(text.as_str(), |(m, _)| m);
+            let message = message.strip_prefix("sql parser error: ").unwrap_or(message);
+            Problem { message: format!("the query does not parse: {message}"), at }
+        })?;
     let query = match statements.as_slice() {
         [Statement::Query(q)] => q,
         [] => return Err("the query is empty".into()),
@@ -34,12 +61,12 @@ pub fn analyze(sql: &str) -> Result<Analysis, String> {
             return Err("a derived table is a single SELECT; other statements are not allowed".into());
         }
         _ => {
-            return Err(format!("a derived table is a single SELECT, found {} statements", statements.len()));
+            return Err(format!("a derived table is a single SELECT, found {} statements", statements.len()).into());
         }
     };
     let mut visitor = Relations::default();
     if let ControlFlow::Break(problem) = query.visit(&mut visitor) {
-        return Err(problem);
+        return Err(problem.into());
     }
     let mut reads: Vec<String> = visitor.tables.into_iter().filter(|t| !visitor.ctes.contains(t)).collect();
     reads.sort();

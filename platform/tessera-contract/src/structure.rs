@@ -149,7 +149,11 @@ fn translate(root: &Value, document: &Value, error: &ValidationError<'_>) -> Vec
             } else {
                 format!("{what} must not be empty")
             };
-            vec![Diagnostic::error(Code::SchemaInvalidValue, at.clone(), message)]
+            let mut d = Diagnostic::error(Code::SchemaInvalidValue, at.clone(), message);
+            if max_one && given > 1 {
+                d = d.help("give each its own list item");
+            }
+            vec![d]
         }
         _ => {
             let message = error.to_string();

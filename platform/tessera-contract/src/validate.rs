@@ -173,11 +173,14 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
                 )),
             );
         } else if let Some(first) = seen.insert(u.from, i) {
-            cx.push(Diagnostic::error(
-                Code::UpcastInvalid,
-                here,
-                format!("a second upcaster from version {} (the first is upcaster #{})", u.from, first + 1),
-            ));
+            cx.push(
+                Diagnostic::error(
+                    Code::UpcastInvalid,
+                    here,
+                    format!("a second upcaster from version {} (the first is upcaster #{})", u.from, first + 1),
+                )
+                .help("merge their steps into one upcaster, or correct `from`"),
+            );
         }
     }
     let missing: Vec<String> = (1..e.version).filter(|v| !seen.contains_key(v)).map(|v| v.to_string()).collect();
@@ -439,8 +442,17 @@ fn table(cx: &mut Ctx, at: &str, t: wire::Table) -> Option<Table> {
                 }
                 analysis.reads.iter().filter_map(|r| TableName::parse(r.as_str()).ok()).collect()
             }
-            Err(message) => {
-                cx.push(Diagnostic::error(Code::SqlInvalid, format!("{at}/sql"), message));
+            Err(problem) => {
+                let help = if problem.at.is_some() {
+                    "derived tables use DataFusion's SQL; check the query at this position"
+                } else {
+                    "write one SELECT that reads the product's own tables by bare name, e.g. `SELECT ... FROM orders`"
+                };
+                let mut d = Diagnostic::error(Code::SqlInvalid, format!("{at}/sql"), problem.message).help(help);
+                if let Some((line, column)) = problem.at {
+                    d = d.within(crate::source::Position { line, column });
+                }
+                cx.push(d);
                 Vec::new()
             }
         };
@@ -513,11 +525,14 @@ fn check(cx: &mut Ctx, at: &str, columns: &IndexMap<ColumnName, Column>, c: wire
             let ty = c.data_type.clone();
             for (i, v) in values.iter().enumerate() {
                 if !literal_fits(v, &ty) {
-                    cx.push(Diagnostic::error(
-                        Code::CheckInvalid,
-                        format!("{at}/accepted_values/values/{i}"),
-                        format!("`{v}` is not a value of the {ty} column `{name}`"),
-                    ));
+                    cx.push(
+                        Diagnostic::error(
+                            Code::CheckInvalid,
+                            format!("{at}/accepted_values/values/{i}"),
+                            format!("`{v}` is not a value of the {ty} column `{name}`"),
+                        )
+                        .help(literal_help(&ty)),
+                    );
                 }
             }
             Check::AcceptedValues { column: name, values }
@@ -759,11 +774,14 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                     Source::Metadata(_) => false,
                     Source::Literal(v) => {
                         if !literal_fits(v, &col.data_type) {
-                            cx.push(Diagnostic::error(
-                                Code::RefTypeMismatch,
-                                src_at.clone(),
-                                format!("the literal {v} does not fit the {} column `{col_name}`", col.data_type),
-                            ));
+                            cx.push(
+                                Diagnostic::error(
+                                    Code::RefTypeMismatch,
+                                    src_at.clone(),
+                                    format!("the literal {v} does not fit the {} column `{col_name}`", col.data_type),
+                                )
+                                .help(literal_help(&col.data_type)),
+                            );
                         }
                         !v.is_null()
                     }
@@ -816,6 +834,20 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
         }
     }
     check_sql_cycles(cx, c);
+}
+
+/// How to write a literal of type `t`.
+fn literal_help(t: &DataType) -> String {
+    match t {
+        DataType::String => "quote it to make it a string, e.g. \"3\"".into(),
+        DataType::Date => "write a date as \"2026-01-31\"".into(),
+        DataType::Timestamp => "write a timestamp as \"2026-01-31T12:00:00Z\"".into(),
+        DataType::Boolean => "write true or false".into(),
+        DataType::Int32 | DataType::Int64 => "write a whole number within the column's range".into(),
+        DataType::Float64 | DataType::Decimal { .. } => "write a number".into(),
+        DataType::Struct(_) => "write a mapping".into(),
+        DataType::List(_) => "write a list".into(),
+    }
 }
 
 fn type_help(t: &DataType) -> String {

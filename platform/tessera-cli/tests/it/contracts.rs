@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{example_contracts, repo, stderr, stdout, tessera};
+use crate::{corpus, example_contracts, repo, stderr, stdout, tessera};
 
 #[test]
 fn lint_passes_the_examples_and_says_so() {
@@ -17,10 +17,11 @@ fn lint_passes_the_examples_and_says_so() {
 
 #[test]
 fn lint_reports_every_error_with_its_position_and_fails() {
-    let out = tessera(&["lint", "tests/corpus/lint/27-ref-unknown-column.yaml", "tests/corpus/lint/52-subject-unknown-path.yaml"]);
+    let (unknown_column, unknown_subject) = (corpus("lint", "ref-unknown-column"), corpus("lint", "subject-unknown-path"));
+    let out = tessera(&["lint", &unknown_column, &unknown_subject]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("tests/corpus/lint/27-ref-unknown-column.yaml:"), "{text}");
+    assert!(text.contains(&format!("{unknown_column}:")), "{text}");
     assert!(text.contains("error[ref.unknown_column]: the rule sets the unknown column `state`"), "{text}");
     assert!(text.contains("= help: did you mean `status`?"), "{text}");
     assert!(text.contains("error[subject.invalid]"), "{text}");
@@ -28,7 +29,7 @@ fn lint_reports_every_error_with_its_position_and_fails() {
 
 #[test]
 fn lint_json_is_machine_readable() {
-    let out = tessera(&["lint", "--format", "json", "tests/corpus/lint/27-ref-unknown-column.yaml"]);
+    let out = tessera(&["lint", "--format", "json", &corpus("lint", "ref-unknown-column")]);
     assert_eq!(out.status.code(), Some(1));
     let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let d = &doc["files"][0]["diagnostics"][0];
@@ -50,17 +51,17 @@ fn missing_files_and_bad_usage_exit_2() {
 #[test]
 fn diff_exit_code_follows_the_version_rules() {
     let base = "tests/corpus/diff/base.yaml";
-    let ok = tessera(&["diff", base, "tests/corpus/diff/02-add-required-column/new.yaml"]);
+    let ok = tessera(&["diff", base, &corpus("diff", "add-required-column")]);
     assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
     assert!(stdout(&ok).contains("breaking   tables.items.columns.note"));
-    let bad = tessera(&["diff", base, "tests/corpus/diff/03-add-required-column-minor/new.yaml"]);
+    let bad = tessera(&["diff", base, &corpus("diff", "add-required-column-minor")]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stdout(&bad).contains("breaking changes need a new major version"));
-    let json = tessera(&["diff", "--format", "json", base, "tests/corpus/diff/08-widen-int/new.yaml"]);
+    let json = tessera(&["diff", "--format", "json", base, &corpus("diff", "widen-int")]);
     let doc: Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(doc["changes"][0]["impact"], "compatible");
     // An invalid contract is refused with its errors, not compared.
-    let invalid = tessera(&["diff", base, "tests/corpus/lint/27-ref-unknown-column.yaml"]);
+    let invalid = tessera(&["diff", base, &corpus("lint", "ref-unknown-column")]);
     assert_eq!(invalid.status.code(), Some(2));
     assert!(stderr(&invalid).contains("is not a valid contract"));
 }

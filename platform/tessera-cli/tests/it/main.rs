@@ -36,3 +36,15 @@ pub fn example_contracts() -> Vec<String> {
     out.sort();
     out
 }
+
+/// The corpus file of `tests/corpus/<kind>` whose name ends with `-<name>`.
+pub fn corpus(kind: &str, name: &str) -> String {
+    let dir = repo().join("tests/corpus").join(kind);
+    let found = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|f| f.ends_with(&format!("-{name}.yaml")) || f.ends_with(&format!("-{name}")))
+        .unwrap_or_else(|| panic!("no {name} in {}", dir.display()));
+    let path = format!("tests/corpus/{kind}/{found}");
+    if kind == "diff" { format!("{path}/new.yaml") } else { path }
+}
