@@ -255,11 +255,18 @@ impl Diagnostic {
 /// The name among `candidates` closest to `wrong`, if one is close enough to
 /// be what the author meant.
 pub fn nearest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let wrong_lower = wrong.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(&wrong.to_lowercase(), &c.to_lowercase()), c))
-        .filter(|(distance, c)| *distance <= (c.len().max(wrong.len()) / 3).max(2))
-        .min_by_key(|(distance, _)| *distance)
+        .filter_map(|c| {
+            let c_lower = c.to_lowercase();
+            // An abbreviation (`desc`, `cart`) or an extension of a valid name.
+            let prefix = wrong.len().min(c.len()) >= 3 && (c_lower.starts_with(&wrong_lower) || wrong_lower.starts_with(&c_lower));
+            let distance = strsim::damerau_levenshtein(&wrong_lower, &c_lower);
+            let close = distance <= (c.len().max(wrong.len()) / 3).max(2);
+            (prefix || close).then_some((if prefix { 0 } else { distance + 1 }, c))
+        })
+        .min_by_key(|(score, _)| *score)
         .map(|(_, c)| c)
 }
 
@@ -291,5 +298,7 @@ mod tests {
         assert_eq!(nearest("colums", ["columns", "checks"]), Some("columns"));
         assert_eq!(nearest("OrderPlacd", ["OrderPlaced", "OrderShipped"]), Some("OrderPlaced"));
         assert_eq!(nearest("zebra", ["columns", "checks"]), None);
+        assert_eq!(nearest("desc", ["type", "required", "description"]), Some("description"));
+        assert_eq!(nearest("cart", ["cart_id", "shopper_id"]), Some("cart_id"));
     }
 }

@@ -32,7 +32,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                 Diagnostic::error(
                     Code::SubjectInvalid,
                     format!("/events/{event_name}"),
-                    format!("`{event_name}` carries personal data ({}) but does not name its data subject", personal.join(", ")),
+                    format!("`{event_name}` carries personal data in {} but does not name its data subject", personal.join(", ")),
                 )
                 .at_key()
                 .help("add `subject: <payload path>` naming the identifier of the person the data belongs to, so that it can be forgotten on request"),
@@ -132,7 +132,13 @@ fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str
                         format!("{role} gets `{strategy}` for {class_name}, which cannot mask a {} column", col.data_type),
                     )
                     .at_key()
-                    .help(format!("tighten it: `masking: {{ {role}: {} }}`", yaml_strategy(stricter.first().copied().unwrap_or("null")))),
+                    .help({
+                        let tighten = format!("`masking: {{ {role}: {} }}`", yaml_strategy(stricter.first().copied().unwrap_or("null")));
+                        match strategy {
+                            Strategy::YearOnly => format!("store it as `type: date` (or `timestamp`), or tighten it: {tighten}"),
+                            _ => format!("tighten it: {tighten}"),
+                        }
+                    }),
                 );
             }
         }

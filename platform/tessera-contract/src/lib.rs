@@ -91,9 +91,11 @@ pub fn lint(text: &str, policy: &Policy) -> Linted {
                     found.extend(governance::check(c, policy));
                 }
                 // Drop what only follows from setting parts aside.
-                found.retain(|d| {
-                    !matches!(d.code, Code::RefUnknownEvent | Code::SqlInvalid)
-                        || !pruned.iter().any(|name| d.message.contains(&format!("`{name}`")))
+                found.retain(|d| match d.code {
+                    Code::RefUnknownEvent | Code::SqlInvalid => !pruned.iter().any(|name| d.message.contains(&format!("`{name}`"))),
+                    // The rules of a set-aside event no longer set anything.
+                    Code::ColumnUnset => pruned.is_empty(),
+                    _ => true,
                 });
                 diagnostics.extend(found);
                 contract = if pruned.is_empty() { model } else { None };

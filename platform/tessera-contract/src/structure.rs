@@ -93,10 +93,10 @@ fn translate(root: &Value, document: &Value, error: &ValidationError<'_>) -> Vec
             };
             let mut d =
                 Diagnostic::error(Code::SchemaWrongType, at.clone(), format!("{what} must be {expected}, found {}", value_kind(instance)));
-            if let Some(desc) = keyword_schema.or(parent_schema).and_then(|s| s.get("description")).and_then(Value::as_str) {
+            if expected == "a string" && instance.is_number() {
+                d = d.help(format!("quote it: \"{instance}\" (YAML reads {instance} as a number)"));
+            } else if let Some(desc) = keyword_schema.or(parent_schema).and_then(|s| s.get("description")).and_then(Value::as_str) {
                 d = d.help(as_help(desc));
-            } else if expected == "a string" && instance.is_number() {
-                d = d.help("quote the value, e.g. \"1.0.0\"");
             }
             vec![d]
         }

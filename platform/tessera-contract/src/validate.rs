@@ -150,7 +150,7 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
                     ));
                 }
             }
-            Err(u) => cx.push(unresolved(Code::SubjectInvalid, format!("{at}/subject"), path, &u, "the subject")),
+            Err(u) => cx.push(unresolved(Code::SubjectInvalid, format!("{at}/subject"), path, &u, &format!("the subject `{path}`"))),
         }
     }
 
@@ -756,7 +756,7 @@ fn check_references(cx: &mut Ctx, c: &Contract) {
                                 src_at.clone(),
                                 path,
                                 &u,
-                                &format!("the payload field of `{event_name}`"),
+                                &format!("`payload.{path}` in `{event_name}`"),
                             ));
                             true
                         }

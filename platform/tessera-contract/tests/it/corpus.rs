@@ -78,3 +78,38 @@ fn every_version_pair_is_classified_as_expected() {
         assert_eq!(d.is_valid_successor(), successor, "{}: {d}", path.display());
     }
 }
+
+/// The rendered messages of the whole lint corpus, as a person reads them,
+/// against `tests/corpus/lint.expected`. A wording change shows in review as a
+/// diff of that file; regenerate it with `UPDATE_EXPECT=1 cargo test`.
+#[test]
+fn rendered_messages_match_the_golden_file() {
+    let policy = Policy::builtin();
+    let root = repo();
+    let mut rendered = String::new();
+    for path in files(&root.join("tests/corpus/lint"), "yaml") {
+        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        for d in lint_bytes(&std::fs::read(&path).unwrap(), &policy).diagnostics {
+            rendered.push_str(&d.render(&name));
+            rendered.push('\n');
+        }
+    }
+    let golden = root.join("tests/corpus/lint.expected");
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(&golden, &rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+    if expected != rendered {
+        let first = expected
+            .lines()
+            .zip(rendered.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(rendered.lines().count()));
+        panic!(
+            "rendered diagnostics differ from tests/corpus/lint.expected at line {}:\n  expected: {}\n  actual:   {}\nrun `UPDATE_EXPECT=1 cargo test -p tessera-contract` and review the diff",
+            first + 1,
+            expected.lines().nth(first).unwrap_or("<end>"),
+            rendered.lines().nth(first).unwrap_or("<end>")
+        );
+    }
+}
