@@ -299,7 +299,7 @@ fn fresh(
         "boolean" => json!(rng.bool()),
         "integer" => {
             let lo = min.unwrap_or(if name.contains("year") { 1950.0 } else { 1.0 }) as i64;
-            let hi = max.map(|m| m as i64).unwrap_or(lo + if name.contains("year") { 55 } else { 99 });
+            let hi = max.map(|m| m as i64).unwrap_or(lo.saturating_add(if name.contains("year") { 55 } else { 99 }));
             if name.ends_with("_no") || name.starts_with("seq") {
                 let c = st.counters.entry(path.to_owned()).or_insert(lo - 1);
                 *c += 1;

@@ -389,9 +389,11 @@ impl DataType {
         match (self, wider) {
             (a, b) if a == b => true,
             (Int32, Int64 | Float64) => true,
-            (Int32, Decimal { precision, scale }) => precision - scale >= 10,
-            (Int64, Decimal { precision, scale }) => precision - scale >= 19,
-            (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => s2 >= s1 && (p2 - s2) >= (p1 - s1),
+            (Int32, Decimal { precision, scale }) => precision.saturating_sub(*scale) >= 10,
+            (Int64, Decimal { precision, scale }) => precision.saturating_sub(*scale) >= 19,
+            (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => {
+                s2 >= s1 && p2.saturating_sub(*s2) >= p1.saturating_sub(*s1)
+            }
             (Date, Timestamp) => true,
             (Struct(a), Struct(b)) => a.iter().all(|(name, col)| {
                 b.get(name).is_some_and(|other| col.data_type.widens_to(&other.data_type) && (other.required <= col.required))
