@@ -23,6 +23,11 @@ use tessera_contract::model::{Contract, EventType, FieldPath, Projection, Rule, 
 use tessera_contract::{Policy, upcast};
 use tessera_core::EventTypeName;
 
+/// How deep generated payloads nest at most.
+const MAX_DEPTH: usize = 12;
+/// How many values one generated payload holds at most.
+const MAX_VALUES: usize = 2_000;
+
 /// 2026-01-01T00:00:00Z, the start of every sample timeline.
 const EPOCH_MS: i64 = 1_767_225_600_000;
 
@@ -85,6 +90,8 @@ struct StreamState {
     /// Values of identity-like and personal fields, reused within the stream.
     remembered: HashMap<String, Value>,
     counters: HashMap<String, i64>,
+    /// Values the current payload may still hold.
+    budget: usize,
 }
 
 /// The NDJSON text of the sample events.
@@ -110,6 +117,7 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
             },
             remembered: HashMap::new(),
             counters: HashMap::new(),
+            budget: 0,
         };
         let mut types: Vec<&EventTypeName> = create.iter().collect();
         for (event, repeats) in &middle {
@@ -126,6 +134,7 @@ pub fn generate(contract: &Contract, streams: usize, seed: u64) -> String {
                 continue;
             };
             state.clock_ms += rng.i64(60_000..36 * 3_600_000);
+            state.budget = MAX_VALUES;
             let payload = object(&event.schema, &event.schema, "", &keys, &stream_id, &mut state, &mut rng);
             let (schema_version, payload) = maybe_older(event, payload, &mut rng);
             let id = uuid_v7(state.clock_ms, &mut rng);
@@ -246,6 +255,12 @@ fn value(
     st: &mut StreamState,
     rng: &mut fastrand::Rng,
 ) -> Value {
+    // Recursive schemas (`$ref` back to a parent) end here instead of
+    // growing without bound, in depth or in breadth.
+    if path.matches(['.', '[']).count() > MAX_DEPTH || st.budget == 0 {
+        return Value::Null;
+    }
+    st.budget -= 1;
     let schema = deref(root, schema);
     if keys.iter().any(|k| k == path) {
         return json!(stream);

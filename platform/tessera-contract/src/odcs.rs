@@ -214,9 +214,9 @@ fn table_quality(table: &str, check: &Check) -> Option<Value> {
                 "query": format!("SELECT COUNT(*) FROM (SELECT {list} FROM {table} GROUP BY {list} HAVING COUNT(*) > 1) d")
             }))
         }
-        Check::Unique(cols) => Some(json!({
-            "metric": "duplicateValues", "mustBe": 0, "dimension": "uniqueness", "arguments": { "properties": [cols[0].as_str()] }
-        })),
+        Check::Unique(cols) => cols.first().map(
+            |c| json!({ "metric": "duplicateValues", "mustBe": 0, "dimension": "uniqueness", "arguments": { "properties": [c.as_str()] } }),
+        ),
         Check::RowCount { min, max } => Some(match (min, max) {
             (Some(lo), Some(hi)) => {
                 json!({ "metric": "rowCount", "mustBeBetween": [lo, hi], "dimension": "completeness" })

@@ -142,26 +142,30 @@ pub struct Property<'a> {
     pub schema: &'a Value,
 }
 
-/// Every property of the schema at any depth (through objects and array items).
+/// Every property of the schema at any depth (through objects and array
+/// items). Each schema node is expanded once, so `$ref` cycles and shared
+/// definitions cannot make the walk grow beyond the size of the schema: a
+/// definition used in two places is reported at its first place.
 pub fn walk(root: &Value) -> Vec<Property<'_>> {
     let mut out = Vec::new();
-    // (node, dotted prefix, pointer prefix, hops)
-    let mut stack: Vec<(&Value, String, String, usize)> = vec![(root, String::new(), String::new(), 0)];
-    while let Some((node, prefix, pointer, hops)) = stack.pop() {
-        if hops > MAX_REF_HOPS {
+    let mut expanded: std::collections::HashSet<*const Value> = std::collections::HashSet::new();
+    // (node, dotted prefix, pointer prefix)
+    let mut stack: Vec<(&Value, String, String)> = vec![(root, String::new(), String::new())];
+    while let Some((node, prefix, pointer)) = stack.pop() {
+        let node = deref(root, node);
+        if !expanded.insert(node as *const Value) {
             continue;
         }
-        let node = deref(root, node);
         if let Some(props) = properties(node) {
             for (name, schema) in props.iter().rev() {
                 let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
                 let ptr = format!("{pointer}/properties/{}", crate::source::escape(name));
                 out.push(Property { path: path.clone(), pointer: ptr.clone(), name, schema });
-                stack.push((schema, path, ptr, hops + 1));
+                stack.push((schema, path, ptr));
             }
         }
         if let Some(items) = node.get("items") {
-            stack.push((items, format!("{prefix}[]"), format!("{pointer}/items"), hops + 1));
+            stack.push((items, format!("{prefix}[]"), format!("{pointer}/items")));
         }
     }
     out
@@ -200,6 +204,17 @@ mod tests {
         assert!(resolve(&schema, &path("x")).unwrap().types.is_empty());
         let all = walk(&schema);
         assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn self_referencing_schemas_are_walked_once() {
+        // Ten properties that each refer back to the root: without a bound this
+        // branches exponentially.
+        let props: Map<String, Value> = (0..10).map(|i| (format!("p{i}"), json!({"$ref": "#"}))).collect();
+        let schema = json!({"type": "object", "properties": props});
+        let started = std::time::Instant::now();
+        assert_eq!(walk(&schema).len(), 10);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -33,3 +33,25 @@ fn seeds_change_the_output_and_only_seeds() {
         *seen += 1;
     }
 }
+
+#[test]
+fn self_referencing_schemas_generate_bounded_payloads() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["samples", "generate", "tests/corpus/hostile/recursive-ref.yaml", "--streams", "3"])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("sample generation did not finish within 30 s on a self-referencing schema");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

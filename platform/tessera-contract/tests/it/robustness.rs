@@ -28,6 +28,14 @@ fn hostile_inputs_get_errors_not_panics() {
     assert!(!codes(b"42").is_empty());
 }
 
+#[test]
+fn self_referencing_payload_schemas_lint_quickly() {
+    let bytes = std::fs::read(repo().join("tests/corpus/hostile/recursive-ref.yaml")).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(codes(&bytes), Vec::<Code>::new());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
