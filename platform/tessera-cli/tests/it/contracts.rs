@@ -108,3 +108,27 @@ fn odcs_exports_pass_datacontract_cli() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_custom_policy_governs_and_a_broken_one_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tessera-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let builtin = std::fs::read_to_string(repo().join("contracts/policies.yaml")).unwrap();
+    // A stricter federation: a sales channel counts as personal free text.
+    let stricter = dir.join("stricter.yaml");
+    std::fs::write(&stricter, format!("{builtin}  - {{ pattern: \"^channel$\", classification: pii.free_text }}\n")).unwrap();
+    let out = tessera(&["lint", "--policy", stricter.to_str().unwrap(), "products/sales-orders/contract.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("error[governance.unclassified]: column `channel` looks like personal data (pii.free_text)"),
+        "{}",
+        stdout(&out)
+    );
+    // A policy that leaves a role out is refused before any contract is read.
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, builtin.replace("analyst: year_only, ", "")).unwrap();
+    let out = tessera(&["lint", "--policy", broken.to_str().unwrap(), "products/sales-orders/contract.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("the policy is invalid") && stderr(&out).contains("says nothing for role `analyst`"), "{}", stderr(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}
