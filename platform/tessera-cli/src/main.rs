@@ -8,8 +8,10 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // A CLI prints.
 
+mod client;
 mod contracts;
 mod samples;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +60,25 @@ enum Command {
         #[command(subcommand)]
         target: ExportTarget,
     },
+    /// Run the HTTP server (`--demo`: with demo principals and the example products loaded).
+    Serve(serve::ServeArgs),
+    /// Publish a contract version to a server.
+    Publish {
+        file: PathBuf,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Append the events of an NDJSON file to a product, in batches.
+    Append {
+        /// DOMAIN/NAME, e.g. sales/orders.
+        product: String,
+        file: PathBuf,
+        /// Events per request; each request is stored whole or not at all.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
     /// Sample events for example products.
     Samples {
         #[command(subcommand)]
@@ -104,6 +125,9 @@ fn main() -> ExitCode {
         Command::Export { target: ExportTarget::Odcs { file, output, policy } } => {
             contracts::export_odcs(&file, output.as_deref(), policy.as_deref())
         }
+        Command::Serve(args) => serve::run(args),
+        Command::Publish { file, remote } => client::publish(&file, &remote),
+        Command::Append { product, file, batch, remote } => client::append(&product, &file, batch, &remote),
         Command::Samples { action: SamplesAction::Generate { contract, streams, seed, output } } => {
             samples::generate_command(&contract, streams, seed, output.as_deref())
         }

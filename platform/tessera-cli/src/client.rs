@@ -1,0 +1,195 @@
+//! `tessera publish` and `tessera append`: clients of a running server.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+/// Where the server is and who is asking.
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// The server's base URL.
+    #[arg(long, env = "TESSERA_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// A bearer token (demo tokens: <data-dir>/demo-principals.json).
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.trim_end_matches('/'))
+    }
+
+    fn request(&self, client: &reqwest::Client, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = client.request(method, self.url(path));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// The server's error body, rendered for a terminal.
+fn render_error(status: reqwest::StatusCode, body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return format!("HTTP {status}: {body}");
+    };
+    let mut out = format!("HTTP {status} {}: {}", v["code"].as_str().unwrap_or("error"), v["message"].as_str().unwrap_or(body));
+    if let Some(errors) = v["errors"].as_array() {
+        for e in errors.iter().take(20) {
+            if let Some(m) = e["message"].as_str() {
+                let at = match (e["line"].as_u64(), e["column"].as_u64(), e["index"].as_u64()) {
+                    (Some(l), Some(c), _) => format!("{l}:{c}: "),
+                    (Some(l), None, _) => format!("line {l}: "),
+                    (None, _, Some(i)) => format!("event {i}: "),
+                    _ => String::new(),
+                };
+                let pointer = e["pointer"].as_str().filter(|p| !p.is_empty()).map(|p| format!(" [{p}]")).unwrap_or_default();
+                out.push_str(&format!("\n  {at}{m}{pointer}"));
+            } else if let Some(s) = e.as_str() {
+                out.push_str(&format!("\n  {s}"));
+            }
+        }
+    }
+    out
+}
+
+pub fn publish(file: &Path, remote: &Remote) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        let response = remote
+            .request(&client, reqwest::Method::POST, "/api/v1/products")
+            .header("content-type", "application/yaml")
+            .body(text)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", remote.server))?;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            eprintln!("{}: {}", file.display(), render_error(status, &body));
+            return Ok(ExitCode::from(1));
+        }
+        let v: Value = serde_json::from_str(&body)?;
+        println!(
+            "{}/{} {}: {}",
+            v["domain"].as_str().unwrap_or_default(),
+            v["name"].as_str().unwrap_or_default(),
+            v["version"].as_str().unwrap_or_default(),
+            v["outcome"].as_str().unwrap_or_default()
+        );
+        for c in v["changes"].as_array().into_iter().flatten() {
+            println!(
+                "  [{}] {}: {}",
+                c["impact"].as_str().unwrap_or_default(),
+                c["subject"].as_str().unwrap_or_default(),
+                c["message"].as_str().unwrap_or_default()
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn append(product: &str, file: &Path, batch: usize, remote: &Remote) -> Result<ExitCode> {
+    let Some((domain, name)) = product.split_once('/') else {
+        bail!("name the product as DOMAIN/NAME, e.g. sales/orders");
+    };
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let handle = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let size = handle.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut lines = BufReader::new(handle).lines();
+    let path = format!("/api/v1/products/{domain}/{name}/events");
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let (mut appended, mut duplicates, mut line_no) = (0u64, 0u64, 0usize);
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        loop {
+            let first_line = line_no + 1;
+            let mut body = String::new();
+            let mut count = 0;
+            while count < batch {
+                let Some(line) = lines.next() else { break };
+                let line = line.with_context(|| format!("{}:{}: cannot read the line", file.display(), line_no + 1))?;
+                line_no += 1;
+                bar.inc(line.len() as u64 + 1);
+                // Blank lines keep their place so that the server's line numbers map back.
+                body.push_str(&line);
+                body.push('\n');
+                if !line.trim().is_empty() {
+                    count += 1;
+                }
+            }
+            if count == 0 {
+                break;
+            }
+            let response = remote
+                .request(&client, reqwest::Method::POST, &path)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the server at {}", remote.server))?;
+            let status = response.status();
+            let text = response.text().await?;
+            if !status.is_success() {
+                bar.abandon();
+                let shifted = shift_lines(&text, first_line - 1);
+                eprintln!(
+                    "{}: lines {first_line}-{line_no} rejected; nothing of them was stored: {}",
+                    file.display(),
+                    render_error(status, &shifted)
+                );
+                if first_line > 1 {
+                    eprintln!(
+                        "lines 1-{} were stored before; fix the file and run the same command again (stored events are recognised by id)",
+                        first_line - 1
+                    );
+                }
+                return Ok(ExitCode::from(1));
+            }
+            let v: Value = serde_json::from_str(&text)?;
+            appended += v["appended"].as_u64().unwrap_or(0);
+            duplicates += v["duplicates"].as_u64().unwrap_or(0);
+            bar.set_message(format!("{appended} appended"));
+        }
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{product}: {appended} events appended, {duplicates} already stored, in {secs:.1} s ({:.0} events/s)",
+            (appended + duplicates) as f64 / secs.max(1e-9)
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Rewrites the `line` fields of an error body from batch lines to file lines.
+fn shift_lines(body: &str, offset: usize) -> String {
+    let Ok(mut v) = serde_json::from_str::<Value>(body) else { return body.to_owned() };
+    let shift = |x: &mut Value| {
+        if let Some(l) = x.get("line").and_then(Value::as_u64) {
+            x["line"] = Value::from(l + offset as u64);
+        }
+    };
+    shift(&mut v);
+    if let Some(errors) = v.get_mut("errors").and_then(Value::as_array_mut) {
+        errors.iter_mut().for_each(shift);
+    }
+    v.to_string()
+}

@@ -1,0 +1,129 @@
+//! `tessera serve`: the HTTP server, optionally with the demo loaded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use tessera_server::config::Config;
+use tessera_server::{AppState, demo};
+use tessera_store::Store;
+
+/// Command-line overrides of the configuration.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file (default: ./tessera.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where the embedded database lives (and the demo's tokens).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// `postgres://...` to use PostgreSQL instead of the embedded SQLite file.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Create demo principals and load every example product under --products.
+    #[arg(long)]
+    demo: bool,
+    /// The example products for --demo.
+    #[arg(long, default_value = "products")]
+    products: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    init_tracing(args.log_json);
+    let mut config = Config::load(args.config.as_deref()).map_err(anyhow::Error::msg)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(url) = args.database_url {
+        config.database_url = Some(url);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, args.demo, &args.products))
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitCode> {
+    let policy = crate::contracts::load_policy(config.policy.as_deref())?;
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    }
+    let url = config.database_url();
+    let store = Store::open(&url, policy).await?;
+    tracing::info!(database = %tessera_store::db::redact(&url), "catalog and event log open");
+    store.sync_principals("config", &config.principal_records().map_err(anyhow::Error::msg)?).await?;
+
+    let mut demo_principals = Vec::new();
+    if with_demo {
+        let contracts = demo::example_contracts(products).map_err(anyhow::Error::msg)?;
+        demo_principals = demo::principals(&store, &config.data_dir, &contracts).await.map_err(anyhow::Error::msg)?;
+        let started = std::time::Instant::now();
+        demo::load(&store, &contracts, &demo_principals, |l| {
+            println!(
+                "  {:<28} {:<8} {:<10} {} events appended, {} already stored",
+                l.product, l.version, l.outcome, l.appended, l.duplicates
+            );
+        })
+        .await
+        .map_err(anyhow::Error::msg)?;
+        println!("demo loaded in {:.1} s", started.elapsed().as_secs_f64());
+    }
+
+    let state = AppState::new(store.clone(), config.max_body_bytes).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    println!("Tessera is serving at http://{address}");
+    if with_demo {
+        println!("demo tokens (also in {}):", config.data_dir.join("demo-principals.json").display());
+        for p in &demo_principals {
+            let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+            println!("  {:<22} {:<10} {}", p.name, roles.join(","), p.token);
+        }
+        println!("try: curl -s http://{address}/api/v1/products");
+    }
+    tessera_server::serve(listener, state, shutdown_signal()).await?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,269 @@
+//! The HTTP API (axum): publishing contracts, appending and reading events,
+//! the catalog's product list, health. Handlers translate HTTP to
+//! [`tessera_store::Store`] calls and back; the rules live in the store.
+//!
+//! Every error is JSON (see [`error::ApiError`]); bodies are read with a size
+//! limit; a panic in a handler becomes a 500, never a dropped connection.
+
+pub mod config;
+pub mod demo;
+pub mod error;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tessera_store::principals::hash_token;
+use tessera_store::{Principal, Store};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Principals by token hash.
+    principals: Arc<RwLock<HashMap<String, Principal>>>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub async fn new(store: Store, max_body_bytes: usize) -> Result<Self, tessera_store::Error> {
+        let state = Self { store, principals: Arc::default(), max_body_bytes };
+        state.reload_principals().await?;
+        Ok(state)
+    }
+
+    /// Re-reads the principals from the catalog.
+    pub async fn reload_principals(&self) -> Result<(), tessera_store::Error> {
+        let records = self.store.principals().await?;
+        let map = records.into_iter().map(|r| (r.token_sha256, r.principal)).collect();
+        if let Ok(mut principals) = self.principals.write() {
+            *principals = map;
+        }
+        Ok(())
+    }
+
+    fn principal_for(&self, token: &str) -> Option<Principal> {
+        self.principals.read().ok()?.get(&hash_token(token)).cloned()
+    }
+}
+
+/// The caller: the principal of the bearer token, or `public` without one.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Caller(Principal::public()));
+        };
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+        let value = value.to_str().map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        state.principal_for(token).map(Caller).ok_or_else(|| {
+            unauthorized("unknown token: check it, or ask an administrator for one (demo tokens are in <data-dir>/demo-principals.json)")
+        })
+    }
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/products", get(list_products).post(publish))
+        .route("/products/{domain}/{name}", get(product))
+        .route("/products/{domain}/{name}/versions/{version}", get(contract_version))
+        .route("/products/{domain}/{name}/events", get(read_log).post(append))
+        .route("/products/{domain}/{name}/streams/{stream}", get(read_stream));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the server failed on this request; it has been logged")
+                .into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api/v1")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not support that method")
+}
+
+async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    sqlx_ping(&state.store).await?;
+    Ok(Json(json!({ "status": "ok", "database": format!("{:?}", state.store.backend()).to_lowercase() })))
+}
+
+async fn sqlx_ping(store: &Store) -> Result<(), ApiError> {
+    store.products().await.map(|_| ()).map_err(ApiError::from)
+}
+
+/// Reads the whole body, refusing more than the configured limit.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {} bytes; send it in smaller batches", state.max_body_bytes),
+        )
+        .with("limit", state.max_body_bytes)
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn unsupported(found: &str, expected: &str) -> ApiError {
+    let found = if found.is_empty() { "none".to_owned() } else { format!("`{found}`") };
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("Content-Type {found} is not accepted here; send {expected}"),
+    )
+}
+
+async fn list_products(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let products = state.store.products().await?;
+    Ok(Json(json!({ "products": products })))
+}
+
+async fn publish(State(state): State<AppState>, Caller(caller): Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if caller.is_public() {
+        return Err(tessera_store::Error::Unauthenticated("publishing needs a token: send `Authorization: Bearer <token>`".into()).into());
+    }
+    let ct = content_type(&headers);
+    if !matches!(ct.as_str(), "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" | "text/plain") {
+        return Err(unsupported(&ct, "the contract as `application/yaml`"));
+    }
+    let bytes = read_body(&state, body).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            format!("the contract is not UTF-8 (byte {}); save it as UTF-8", e.valid_up_to()),
+        )
+    })?;
+    let published = state.store.publish(&caller, text).await?;
+    let status = match published.outcome {
+        "unchanged" => StatusCode::OK,
+        _ => StatusCode::CREATED,
+    };
+    Ok((status, Json(published)).into_response())
+}
+
+async fn product(State(state): State<AppState>, Path((domain, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let summary = state.store.product(&domain, &name).await?;
+    let versions = state.store.versions(&domain, &name).await?;
+    let head = state.store.head(&domain, &name).await?;
+    Ok(Json(json!({ "product": summary, "versions": versions, "head_position": head })))
+}
+
+async fn contract_version(
+    State(state): State<AppState>,
+    Path((domain, name, version)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let source = state.store.contract_source(&domain, &name, &version).await?;
+    Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], source).into_response())
+}
+
+async fn append(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((domain, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if caller.is_public() {
+        return Err(tessera_store::Error::Unauthenticated("appending needs a token: send `Authorization: Bearer <token>`".into()).into());
+    }
+    let ct = content_type(&headers);
+    let ndjson = match ct.as_str() {
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => true,
+        "application/json" => false,
+        _ => return Err(unsupported(&ct, "events as `application/x-ndjson` (one per line) or `application/json` (an array)")),
+    };
+    let bytes = read_body(&state, body).await?;
+    let parsed = tokio::task::spawn_blocking(move || {
+        if ndjson { tessera_store::envelope::parse_ndjson(&bytes) } else { tessera_store::envelope::parse_json(&bytes) }
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "parsing the body failed"))?;
+    let events = parsed.map_err(|problems| ApiError::from(tessera_store::Error::InvalidEvents { problems }))?;
+    let outcome = state.store.append(&caller, &domain, &name, events).await?;
+    let status = if outcome.appended == 0 { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(outcome)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn read_log(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((domain, name)): Path<(String, String)>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<tessera_store::LogPage>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; use ?after=<position>&limit=<1..10000>")))?;
+    let page = state.store.read_log(&caller, &domain, &name, q.after.unwrap_or(0), q.limit.unwrap_or(1000)).await?;
+    Ok(Json(page))
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    from: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn read_stream(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((domain, name, stream)): Path<(String, String, String)>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; use ?from=<version>&limit=<1..10000>")))?;
+    let events = state.store.read_stream(&caller, &domain, &name, &stream, q.from.unwrap_or(1), q.limit.unwrap_or(1000)).await?;
+    Ok(Json(json!({ "stream": stream, "events": events })))
+}

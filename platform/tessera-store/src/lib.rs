@@ -1,0 +1,169 @@
+//! The catalog and the append-only event log, on SQLite or PostgreSQL.
+//!
+//! [`Store`] is the write side of Tessera: publishing contract versions
+//! ([`catalog`]), appending and reading events ([`log`]), principals
+//! ([`principals`]), and waking subscribers when events arrive. It owns every
+//! rule about what may be stored (validation, versions, concurrency,
+//! idempotency, who may write); the HTTP server only translates.
+
+pub mod catalog;
+mod compiled;
+pub mod db;
+pub mod envelope;
+pub mod error;
+pub mod log;
+pub mod principals;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sqlx::AnyPool;
+use tessera_contract::Policy;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+pub use catalog::{ProductSummary, Published, VersionInfo};
+pub use db::Backend;
+pub use envelope::{EventInput, Expected};
+pub use error::{Error, EventProblem, Result};
+pub use log::{AppendOutcome, AppendedEvent, LogPage, StoredEvent};
+pub use principals::{Principal, PrincipalRecord};
+
+use compiled::Compiled;
+
+/// The PostgreSQL channel on which appends are announced.
+pub const CHANNEL: &str = "tessera_events";
+
+/// New events were committed to a product's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// `domain/name`.
+    pub product: String,
+    /// The position of the last event committed.
+    pub position: i64,
+}
+
+/// A handle on the catalog and the log; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    policy: Arc<Policy>,
+    /// Compiled current contract per product id.
+    compiled: Mutex<HashMap<i64, Arc<Compiled>>>,
+    /// SQLite has one writer at a time; queueing writers here, instead of in
+    /// SQLite's busy handler, keeps them fair and fast.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    notify: broadcast::Sender<Notification>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut listener) = self.listener.lock()
+            && let Some(handle) = listener.take()
+        {
+            handle.abort();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (and migrates) the database at `url`: `sqlite://PATH?mode=rwc`
+    /// or `postgres://...`.
+    pub async fn open(url: &str, policy: Policy) -> Result<Self> {
+        let (pool, backend) = db::connect(url).await?;
+        let (notify, _) = broadcast::channel(1024);
+        let store = Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                policy: Arc::new(policy),
+                compiled: Mutex::new(HashMap::new()),
+                write_lock: Arc::new(tokio::sync::Mutex::new(())),
+                notify,
+                listener: Mutex::new(None),
+            }),
+        };
+        if backend == Backend::Postgres {
+            store.listen(url).await?;
+        }
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// Closes the pool, waiting for connections in use.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// Wakes on every commit to the log, in this process and, on
+    /// PostgreSQL, in every process sharing the database (LISTEN/NOTIFY).
+    /// A notification says only that something arrived: read the log from
+    /// your own position to see what.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.inner.notify.subscribe()
+    }
+
+    fn announce(&self, product: &str, position: i64) {
+        // No subscriber is not an error.
+        let _ = self.inner.notify.send(Notification { product: product.to_owned(), position });
+    }
+
+    /// Relays PostgreSQL notifications from other processes to subscribers.
+    async fn listen(&self, url: &str) -> Result<()> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANNEL).await?;
+        let sender = self.inner.notify.clone();
+        let handle = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        if let Some((product, position)) = n.payload().rsplit_once(' ')
+                            && let Ok(position) = position.parse()
+                        {
+                            let _ = sender.send(Notification { product: product.to_owned(), position });
+                        }
+                    }
+                    Err(e) => {
+                        // recv reconnects on the next call; notifications sent
+                        // meanwhile are lost, so wake everyone to re-read.
+                        tracing::warn!(error = %e, "lost the PostgreSQL notification connection; reconnecting");
+                        let _ = sender.send(Notification { product: String::new(), position: 0 });
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        if let Ok(mut slot) = self.inner.listener.lock() {
+            *slot = Some(handle);
+        }
+        Ok(())
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// RFC 3339 text of a time in microseconds since the Unix epoch.
+pub(crate) fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)).unwrap_or_default()
+}
