@@ -113,7 +113,13 @@ pub fn parse_event(index: usize, line: Option<usize>, value: Value) -> Result<Ev
             ));
         }
         None => {
-            return Err(problem(index, line, "", "missing_field", "the event has no `type`: name one of the contract's event types".into()));
+            return Err(problem(
+                index,
+                line,
+                "",
+                "missing_field",
+                "the event has no `type`: name one of the contract's event types".into(),
+            ));
         }
     };
     let id = match object.remove("id") {

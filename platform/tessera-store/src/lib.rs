@@ -61,6 +61,8 @@ struct Inner {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     notify: broadcast::Sender<Notification>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// See [`Store::delay_commits_for_tests`].
+    commit_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -88,6 +90,7 @@ impl Store {
                 write_lock: Arc::new(tokio::sync::Mutex::new(())),
                 notify,
                 listener: Mutex::new(None),
+                commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if backend == Backend::Postgres {

@@ -295,6 +295,10 @@ impl Store {
                 .execute(&mut **tx)
                 .await?;
         }
+        let delay = self.inner.commit_delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(0..delay))).await;
+        }
         tx.commit().await?;
 
         let mut by_index: HashMap<usize, AppendedEvent> = HashMap::with_capacity(fresh.len());
@@ -381,6 +385,20 @@ impl Store {
         let product = self.product_row(domain, name).await?;
         let sql = format!("SELECT COALESCE(MAX(position), 0) FROM events WHERE product_id = $1{}", self.horizon());
         Ok(sqlx::query(AssertSqlSafe(sql)).bind(product.id).fetch_one(self.pool()).await?.try_get(0)?)
+    }
+
+    /// A stream's current version: that of its last event, 0 if it has none.
+    pub async fn stream_version(&self, domain: &str, name: &str, stream: &str) -> Result<i64> {
+        let product = self.product_row(domain, name).await?;
+        let sql = format!("SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE product_id = $1 AND stream = $2{}", self.horizon());
+        Ok(sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(stream).fetch_one(self.pool()).await?.try_get(0)?)
+    }
+
+    /// Testing only: hold every append's transaction open for a random time
+    /// below `max_ms` before committing, to shuffle commit order.
+    #[doc(hidden)]
+    pub fn delay_commits_for_tests(&self, max_ms: u64) {
+        self.inner.commit_delay_ms.store(max_ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The raw log holds clear personal data: only the owning domain's members read it.

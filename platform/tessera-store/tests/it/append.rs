@@ -1,0 +1,201 @@
+//! Appending: validation, atomicity, idempotency, upcasting, authorization,
+//! notifications.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Row;
+use tessera_store::{Error, Expected, Principal};
+use uuid::Uuid;
+
+use crate::on_both;
+use crate::support::{TestDb, analyst, line_added, owner, sample_orders, with_orders};
+
+on_both!(
+    sample_events_load_in_order,
+    idempotent_resend_stores_nothing,
+    same_id_other_payload_is_a_conflict,
+    one_bad_event_stores_nothing,
+    old_payloads_come_back_upcast,
+    expected_versions,
+    who_may_append_and_read,
+    unknown_product_and_event_type,
+    appends_wake_subscribers,
+);
+
+async fn sample_events_load_in_order(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let samples = sample_orders();
+    let n = samples.len();
+    let outcome = store.append(&owner("sales"), "sales", "orders", samples).await.expect("append samples");
+    assert_eq!((outcome.appended, outcome.duplicates), (n, 0));
+    let positions: Vec<i64> = outcome.events.iter().map(|e| e.position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions follow request order");
+    // Read the whole log back in pages.
+    let mut after = 0;
+    let mut read = Vec::new();
+    loop {
+        let page = store.read_log(&owner("sales"), "sales", "orders", after, 700).await.expect("read");
+        if page.events.is_empty() {
+            break;
+        }
+        after = page.next_after;
+        read.extend(page.events);
+    }
+    assert_eq!(read.len(), n);
+    assert_eq!(read.iter().map(|e| e.position).collect::<Vec<_>>(), positions);
+    assert_eq!(store.head("sales", "orders").await.expect("head"), *positions.last().expect("some"));
+}
+
+async fn idempotent_resend_stores_nothing(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let batch: Vec<_> = sample_orders().into_iter().take(200).collect();
+    let first = store.append(&owner("sales"), "sales", "orders", batch.clone()).await.expect("first");
+    assert_eq!(first.appended, 200);
+    let count = db.count_events().await;
+    let again = store.append(&owner("sales"), "sales", "orders", batch).await.expect("resend");
+    assert_eq!((again.appended, again.duplicates), (0, 200));
+    assert!(again.events.iter().all(|e| e.duplicate));
+    assert_eq!(
+        again.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        first.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        "a resend returns the original positions"
+    );
+    assert_eq!(db.count_events().await, count, "nothing new stored");
+}
+
+async fn same_id_other_payload_is_a_conflict(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let id = Uuid::now_v7();
+    let mut event = line_added("ORD-1", 1);
+    event.id = Some(id);
+    store.append(&owner("sales"), "sales", "orders", vec![event.clone()]).await.expect("first");
+    let count = db.count_events().await;
+    event.payload["quantity"] = json!(99);
+    let fresh = line_added("ORD-2", 1);
+    match store.append(&owner("sales"), "sales", "orders", vec![fresh, event]).await {
+        Err(Error::EventIdConflict { index, id: conflicting, .. }) => assert_eq!((index, conflicting), (1, id)),
+        other => panic!("expected event_id_conflict, got {other:?}"),
+    }
+    assert_eq!(db.count_events().await, count, "the fresh event of the refused request was not stored either");
+}
+
+async fn one_bad_event_stores_nothing(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let mut batch: Vec<_> = (1..=10).map(|i| line_added(&format!("ORD-{i}"), 1)).collect();
+    batch[7].payload["quantity"] = json!("many");
+    batch[3].payload.as_object_mut().expect("object").remove("sku");
+    match store.append(&owner("sales"), "sales", "orders", batch).await {
+        Err(Error::InvalidEvents { problems }) => {
+            let found: Vec<(usize, &str, &str)> = problems.iter().map(|p| (p.index, p.pointer.as_str(), p.code)).collect();
+            assert_eq!(found, [(3, "/payload", "payload_invalid"), (7, "/payload/quantity", "payload_invalid")]);
+            assert!(problems[1].message.contains("rule `type`"), "{}", problems[1].message);
+            assert!(problems[0].message.contains("\"sku\" is a required property"), "{}", problems[0].message);
+        }
+        other => panic!("expected invalid_events, got {other:?}"),
+    }
+    assert_eq!(db.count_events().await, 0);
+}
+
+async fn old_payloads_come_back_upcast(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let v1 = sample_orders().into_iter().find(|e| e.event_type == "OrderPlaced" && e.schema_version == Some(1)).expect("a v1 sample");
+    let original = v1.payload.clone();
+    let stream = v1.stream.clone();
+    store.append(&owner("sales"), "sales", "orders", vec![v1]).await.expect("append v1");
+    let events = store.read_stream(&owner("sales"), "sales", "orders", &stream, 1, 10).await.expect("read");
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!((e.stored_schema_version, e.schema_version), (1, 2));
+    assert!(e.payload["customer"]["email"].is_string(), "moved into customer: {}", e.payload);
+    assert!(e.payload.get("customer_email").is_none());
+    assert_eq!(e.payload["currency"], json!("EUR"), "defaulted");
+    // The stored original never changes.
+    let stored: String = sqlx::query("SELECT payload FROM events").fetch_one(store.pool()).await.expect("row").try_get(0).expect("payload");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stored).expect("json"), original);
+}
+
+async fn expected_versions(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let sales = owner("sales");
+    let mut e = line_added("ORD-9", 1);
+    e.expected = Expected::NoStream;
+    store.append(&sales, "sales", "orders", vec![e.clone()]).await.expect("new stream");
+    match store.append(&sales, "sales", "orders", vec![e.clone()]).await {
+        Err(Error::WrongExpectedVersion { index, stream, actual, .. }) => assert_eq!((index, stream.as_str(), actual), (0, "ORD-9", 1)),
+        other => panic!("expected wrong_expected_version, got {other:?}"),
+    }
+    // Several events of one stream in one request: each expects the one before.
+    let mut a = line_added("ORD-9", 2);
+    a.expected = Expected::Exactly(1);
+    let mut b = line_added("ORD-9", 3);
+    b.expected = Expected::Exactly(2);
+    let out = store.append(&sales, "sales", "orders", vec![a, b]).await.expect("chain");
+    assert_eq!(out.events.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(store.stream_version("sales", "orders", "ORD-9").await.expect("version"), 3);
+    // A stale expectation in the middle of a request refuses all of it.
+    let fresh = line_added("ORD-10", 1);
+    let mut stale = line_added("ORD-9", 4);
+    stale.expected = Expected::Exactly(2);
+    let count = db.count_events().await;
+    assert!(matches!(store.append(&sales, "sales", "orders", vec![fresh, stale]).await, Err(Error::WrongExpectedVersion { index: 1, .. })));
+    assert_eq!(db.count_events().await, count);
+}
+
+async fn who_may_append_and_read(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let event = || vec![line_added("ORD-1", 1)];
+    assert!(matches!(store.append(&Principal::public(), "sales", "orders", event()).await, Err(Error::Unauthenticated(_))));
+    assert!(matches!(store.append(&owner("payments"), "sales", "orders", event()).await, Err(Error::Forbidden(_))));
+    assert!(matches!(store.append(&analyst(), "sales", "orders", event()).await, Err(Error::Forbidden(_))));
+    assert_eq!(db.count_events().await, 0);
+    store.append(&owner("sales"), "sales", "orders", event()).await.expect("member appends");
+    assert!(matches!(store.read_log(&analyst(), "sales", "orders", 0, 10).await, Err(Error::Forbidden(_))));
+    assert!(matches!(store.read_log(&Principal::public(), "sales", "orders", 0, 10).await, Err(Error::Unauthenticated(_))));
+    assert!(matches!(store.read_stream(&owner("payments"), "sales", "orders", "ORD-1", 1, 10).await, Err(Error::Forbidden(_))));
+}
+
+async fn unknown_product_and_event_type(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    assert!(matches!(store.append(&owner("sales"), "sales", "returns", vec![line_added("R-1", 1)]).await, Err(Error::NotFound { .. })));
+    let mut e = line_added("ORD-1", 1);
+    e.event_type = "OrderLineAddded".into();
+    match store.append(&owner("sales"), "sales", "orders", vec![e]).await {
+        Err(Error::InvalidEvents { problems }) => {
+            assert_eq!((problems[0].pointer.as_str(), problems[0].code), ("/type", "unknown_event_type"));
+            assert!(problems[0].message.contains("OrderLineAdded"), "lists the event types: {}", problems[0].message);
+        }
+        other => panic!("expected invalid_events, got {other:?}"),
+    }
+    let mut future = line_added("ORD-1", 1);
+    future.schema_version = Some(7);
+    assert!(matches!(store.append(&owner("sales"), "sales", "orders", vec![future]).await, Err(Error::InvalidEvents { .. })));
+    assert_eq!(db.count_events().await, 0);
+}
+
+async fn appends_wake_subscribers(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    // Another handle on the database, as another server process would have.
+    let other = db.another_store().await;
+    let mut here = store.subscribe();
+    let mut there = other.subscribe();
+    let out = store.append(&owner("sales"), "sales", "orders", vec![line_added("ORD-1", 1)]).await.expect("append");
+    let last = out.last_position.expect("stored");
+    let n = tokio::time::timeout(Duration::from_secs(5), here.recv()).await.expect("woken in time").expect("notification");
+    assert_eq!((n.product.as_str(), n.position), ("sales/orders", last));
+    if store.backend() == tessera_store::Backend::Postgres {
+        // Across processes through LISTEN/NOTIFY.
+        let n = tokio::time::timeout(Duration::from_secs(5), there.recv()).await.expect("woken across processes").expect("notification");
+        assert_eq!((n.product.as_str(), n.position), ("sales/orders", last));
+    }
+    other.close().await;
+}
