@@ -84,9 +84,13 @@ impl From<Error> for ApiError {
                 .with("changes", serde_json::to_value(changes).unwrap_or(Value::Null)),
             Error::InvalidEvents { problems } => {
                 let first = &problems[0];
-                let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-                    .with("index", first.index)
-                    .with("pointer", first.pointer.clone());
+                // A body that is not JSON is a bad request; JSON that breaks a rule is unprocessable.
+                let (status, code) = if problems.iter().all(|p| p.code == "invalid_json") {
+                    (StatusCode::BAD_REQUEST, "invalid_json")
+                } else {
+                    (StatusCode::UNPROCESSABLE_ENTITY, code)
+                };
+                let mut err = Self::new(status, code, message).with("index", first.index).with("pointer", first.pointer.clone());
                 if let Some(line) = first.line {
                     err = err.with("line", line);
                 }

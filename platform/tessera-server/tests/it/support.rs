@@ -1,0 +1,141 @@
+//! A real server on a loopback port, with a database of its own.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+use sqlx::{Connection, Executor};
+use tessera_contract::{Policy, Role};
+use tessera_server::AppState;
+use tessera_store::principals::hash_token;
+use tessera_store::{Principal, PrincipalRecord, Store};
+
+pub const ORDERS: &str = include_str!("../../../../products/sales-orders/contract.yaml");
+pub const ORDER_EVENTS: &str = include_str!("../../../../products/sales-orders/events.ndjson");
+
+/// The largest body the test servers accept.
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub store: Store,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    postgres: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+/// Tokens of the test principals.
+pub const SALES: &str = "tsr_sales_owner_token";
+pub const PAYMENTS: &str = "tsr_payments_owner_token";
+pub const ANALYST: &str = "tsr_analyst_token";
+
+impl TestServer {
+    /// `None` when PostgreSQL is wanted but missing outside CI.
+    pub async fn start(postgres: bool) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (url, pg) = if postgres {
+            let admin = std::env::var("TESSERA_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let mut conn = match sqlx::PgConnection::connect(&admin).await {
+                Ok(c) => c,
+                Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("PostgreSQL is required under CI=true: {admin}: {e}"),
+                Err(e) => {
+                    eprintln!("skipping the PostgreSQL variant: {admin}: {e}");
+                    return None;
+                }
+            };
+            let name = format!("tessera_api_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+            conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).await.expect("drop");
+            conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create");
+            let base = admin.rsplit_once('/').expect("admin URL ends with /DATABASE").0;
+            (format!("{base}/{name}"), Some((admin, name)))
+        } else {
+            (tessera_store::db::sqlite_url(dir.path()), None)
+        };
+        let store = Store::open(&url, Policy::builtin()).await.expect("open store");
+        let principal = |name: &str, token: &str, role: Role, domains: &[&str]| PrincipalRecord {
+            principal: Principal { name: name.into(), roles: vec![role], domains: domains.iter().map(|d| d.to_string()).collect() },
+            token_sha256: hash_token(token),
+            origin: "config".into(),
+        };
+        store
+            .sync_principals(
+                "config",
+                &[
+                    principal("sales-owner", SALES, Role::Owner, &["sales"]),
+                    principal("payments-owner", PAYMENTS, Role::Owner, &["payments"]),
+                    principal("analyst", ANALYST, Role::Analyst, &[]),
+                ],
+            )
+            .await
+            .expect("principals");
+        let state = AppState::new(store.clone(), BODY_LIMIT).await.expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tessera_server::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        Some(Self { base, http: reqwest::Client::new(), store, shutdown: Some(tx), task, postgres: pg, _dir: dir })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request and returns the status and the JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path)).body(body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("a JSON body, got {status} {text:?}"));
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None, "").await
+    }
+
+    pub async fn publish(&self, token: Option<&str>, yaml: &str) -> (u16, Value) {
+        self.call(reqwest::Method::POST, "/api/v1/products", token, Some("application/yaml"), yaml.to_owned()).await
+    }
+
+    pub async fn append(&self, token: Option<&str>, product: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.call(reqwest::Method::POST, &format!("/api/v1/products/{product}/events"), token, Some(content_type), body).await
+    }
+
+    /// Events stored, straight from SQL.
+    pub async fn count_events(&self) -> i64 {
+        use sqlx::Row;
+        sqlx::query("SELECT COUNT(*) FROM events").fetch_one(self.store.pool()).await.expect("count").try_get(0).expect("count")
+    }
+
+    /// Stops gracefully and drops the database.
+    pub async fn finish(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.expect("server task").expect("served until shutdown");
+        self.store.close().await;
+        if let Some((admin, name)) = self.postgres.take() {
+            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("admin");
+            conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.expect("drop");
+        }
+    }
+}
