@@ -91,7 +91,6 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
     let state = AppState::new(store.clone(), config.max_body_bytes).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    println!("Tessera is serving at http://{address}");
     if with_demo {
         println!("demo tokens (also in {}):", config.data_dir.join("demo-principals.json").display());
         for p in &demo_principals {
@@ -100,6 +99,8 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
         }
         println!("try: curl -s http://{address}/api/v1/products");
     }
+    // Last, so that whoever waits for this line finds everything above it.
+    println!("Tessera is serving at http://{address}");
     tessera_server::serve(listener, state, shutdown_signal()).await?;
     store.close().await;
     tracing::info!("stopped");

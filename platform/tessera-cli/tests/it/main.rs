@@ -4,6 +4,7 @@
 
 mod contracts;
 mod samples;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
