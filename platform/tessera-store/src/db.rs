@@ -78,6 +78,12 @@ pub async fn connect(url: &str) -> Result<(AnyPool, Backend)> {
                          PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
                     )
                     .await?;
+                } else {
+                    // The log grows from empty faster than autovacuum
+                    // analyzes it: a generic plan cached while the table was
+                    // small would scan it whole on every append. Plan each
+                    // execution for the table as it is.
+                    conn.execute("SET plan_cache_mode = force_custom_plan").await?;
                 }
                 Ok(())
             })

@@ -9,7 +9,7 @@ use tessera_store::{Error, Expected, Principal};
 use uuid::Uuid;
 
 use crate::on_both;
-use crate::support::{TestDb, analyst, line_added, owner, sample_orders, with_orders};
+use crate::support::{TestDb, analyst, line_added, owner, read_whole_log, sample_orders, with_orders};
 
 on_both!(
     sample_events_load_in_order,
@@ -33,16 +33,7 @@ async fn sample_events_load_in_order(db: &TestDb) {
     let positions: Vec<i64> = outcome.events.iter().map(|e| e.position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions follow request order");
     // Read the whole log back in pages.
-    let mut after = 0;
-    let mut read = Vec::new();
-    loop {
-        let page = store.read_log(&owner("sales"), "sales", "orders", after, 700).await.expect("read");
-        if page.events.is_empty() {
-            break;
-        }
-        after = page.next_after;
-        read.extend(page.events);
-    }
+    let read = read_whole_log(store, "sales", "orders", n).await;
     assert_eq!(read.len(), n);
     assert_eq!(read.iter().map(|e| e.position).collect::<Vec<_>>(), positions);
     assert_eq!(store.head("sales", "orders").await.expect("head"), *positions.last().expect("some"));

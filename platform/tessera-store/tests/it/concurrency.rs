@@ -8,7 +8,7 @@ use sqlx::{Connection, Row};
 use tessera_store::{Error, Expected};
 
 use crate::on_both;
-use crate::support::{TestDb, line_added, owner, with_orders};
+use crate::support::{TestDb, line_added, owner, read_whole_log, with_orders};
 
 on_both!(sixteen_writers_on_shared_streams, a_tailing_reader_skips_nothing);
 
@@ -88,23 +88,29 @@ async fn a_tailing_reader_skips_nothing(db: &TestDb) {
     let store = &db.store;
     with_orders(store).await;
     store.delay_commits_for_tests(20);
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 0 while the writers run, then the number of events they stored.
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
         let store = store.clone();
         let done = done.clone();
         tokio::spawn(async move {
             let sales = owner("sales");
             let (mut cursor, mut seen) = (0i64, Vec::new());
+            let mut deadline = None;
             loop {
-                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                // Once the writers are done, read until every event is seen (or 30 s pass).
+                let total = done.load(std::sync::atomic::Ordering::SeqCst);
                 let page = store.read_log(&sales, "sales", "orders", cursor, 50).await.expect("read");
                 for e in &page.events {
                     assert!(e.position > cursor, "positions only grow");
                     cursor = e.position;
                     seen.push(e.position);
                 }
-                if finished && page.events.is_empty() {
-                    return seen;
+                if total > 0 {
+                    let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + std::time::Duration::from_secs(30));
+                    if seen.len() >= total || std::time::Instant::now() > deadline {
+                        return seen;
+                    }
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
@@ -123,7 +129,7 @@ async fn a_tailing_reader_skips_nothing(db: &TestDb) {
     for w in writers {
         w.await.expect("writer");
     }
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    done.store(db.count_events().await as usize, std::sync::atomic::Ordering::SeqCst);
     let seen = reader.await.expect("reader");
     let all: Vec<i64> = sqlx::query("SELECT position FROM events ORDER BY position")
         .fetch_all(store.pool())
@@ -174,8 +180,8 @@ async fn postgres_reader_waits_for_a_transaction_in_flight_below_it() {
     );
 
     a_tx.commit().await.expect("commit A");
-    let page = store.read_log(&owner("sales"), "sales", "orders", 0, 100).await.expect("read");
-    assert_eq!(page.events.iter().map(|e| e.position).collect::<Vec<_>>(), [a_position, b_position]);
+    let events = read_whole_log(store, "sales", "orders", 2).await;
+    assert_eq!(events.iter().map(|e| e.position).collect::<Vec<_>>(), [a_position, b_position]);
     a.close().await.expect("close");
     db.finish().await;
 }

@@ -101,3 +101,24 @@ pub fn line_added(stream: &str, line_no: u64) -> EventInput {
     payload["line_no"] = Value::from(line_no);
     EventInput { id: None, stream: stream.to_owned(), schema_version: None, payload, expected: Default::default(), line: None, ..template }
 }
+
+/// Reads a product's whole log from the start, waiting (up to 30 s) until it
+/// holds `expected` events: on PostgreSQL, tailing readers stay below the
+/// oldest transaction in flight anywhere on the server, which other tests
+/// running beside this one may hold open for a moment.
+pub async fn read_whole_log(store: &Store, domain: &str, name: &str, expected: usize) -> Vec<tessera_store::StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut events: Vec<tessera_store::StoredEvent> = Vec::new();
+    loop {
+        let after = events.last().map_or(0, |e| e.position);
+        let page = store.read_log(&owner(domain), domain, name, after, 1000).await.expect("read the log");
+        let empty = page.events.is_empty();
+        events.extend(page.events);
+        if events.len() >= expected || (empty && std::time::Instant::now() > deadline) {
+            return events;
+        }
+        if empty {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `tessera-bench`: Tessera's benchmarks, each measured side by side with a
+//! baseline in the same run, reporting medians and ratios into
+//! `bench/README.md`. Run through `bench/run` (it builds in release mode).
+//!
+//! `ingest`: 1M events of sales/orders through the HTTP API (a real
+//! `tessera serve` process, NDJSON batches) against the raw baseline of
+//! inserting the same rows into the same schema without the platform (one
+//! transaction, one prepared statement), on SQLite and PostgreSQL.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // A benchmark reports.
+
+mod ingest;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tessera-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Event ingest through the HTTP API vs. raw inserts.
+    Ingest(ingest::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.bench {
+        Bench::Ingest(args) => ingest::run(args),
+    }
+}
+
+/// The median of some measurements.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// A quantile (0..=1) by nearest rank.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// The repository root: the working directory, which `bench/run` sets.
+pub fn repo() -> PathBuf {
+    PathBuf::from(".")
+}
