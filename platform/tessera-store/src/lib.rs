@@ -63,6 +63,8 @@ struct Inner {
     listener: Mutex<Option<JoinHandle<()>>>,
     /// See [`Store::delay_commits_for_tests`].
     commit_delay_ms: std::sync::atomic::AtomicU64,
+    /// Events appended through this handle, for [`Store::keep_statistics_fresh`].
+    appended_since_analyze: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -91,6 +93,7 @@ impl Store {
                 notify,
                 listener: Mutex::new(None),
                 commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
+                appended_since_analyze: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if backend == Backend::Postgres {

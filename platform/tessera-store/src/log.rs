@@ -51,6 +51,8 @@ pub const MAX_READ: i64 = 10_000;
 const ROWS_PER_INSERT: usize = 500;
 /// Values per `IN (...)` list.
 const KEYS_PER_LOOKUP: usize = 500;
+/// See [`Store::keep_statistics_fresh`].
+const ANALYZE_EVERY: u64 = 50_000;
 /// Namespace of the advisory locks that order appends per product.
 const APPEND_LOCK: i64 = 0x7e55_0000_0000_0000;
 
@@ -146,12 +148,20 @@ impl Store {
             return Err(Error::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_REQUEST });
         }
         let compiled = self.compiled(&product).await?;
-        let prepared = prepare(&compiled, principal, events)?;
+        // Validation is CPU work: keep it off the async workers, so that a
+        // large request does not stall the others (or a health check).
+        let prepared = {
+            let (compiled, principal) = (compiled.clone(), principal.clone());
+            tokio::task::spawn_blocking(move || prepare(&compiled, &principal, events))
+                .await
+                .map_err(|e| Error::Config(format!("validating the events failed: {e}")))??
+        };
         let product_key = format!("{domain}/{name}");
         let outcome = self.write(&product, &product_key, &compiled.version, prepared).await?;
         if let Some(last) = outcome.last_position {
             self.announce(&product_key, last);
         }
+        self.keep_statistics_fresh(outcome.appended);
         Ok(outcome)
     }
 
@@ -427,6 +437,28 @@ impl Store {
             )));
         }
         Ok(product)
+    }
+
+    /// Re-analyzes the log on PostgreSQL after every [`ANALYZE_EVERY`]
+    /// events appended through this process. The lookups of an append (ids,
+    /// stream versions) are planned from statistics; a log that grew from
+    /// empty without an ANALYZE looks tiny, and PostgreSQL then scans a whole
+    /// product per append (seen: 400 events/s at 1M events instead of
+    /// 10,000). Autovacuum does this too, where it is on; this does not rely
+    /// on it.
+    fn keep_statistics_fresh(&self, appended: usize) {
+        if self.backend() != Backend::Postgres {
+            return;
+        }
+        let before = self.inner.appended_since_analyze.fetch_add(appended as u64, std::sync::atomic::Ordering::Relaxed);
+        if before / ANALYZE_EVERY != (before + appended as u64) / ANALYZE_EVERY {
+            let pool = self.pool().clone();
+            tokio::spawn(async move {
+                if let Err(e) = sqlx::query("ANALYZE events").execute(&pool).await {
+                    tracing::warn!(error = %e, "ANALYZE events failed");
+                }
+            });
+        }
     }
 
     /// A statement whose parameters are `$1, $2, ...`, each once and in

@@ -202,3 +202,61 @@ fn contract_line(n: usize) -> &'static str {
     static EVENTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     EVENTS.get_or_init(|| std::fs::read_to_string(repo().join("products/sales-orders/events.ndjson")).unwrap()).lines().nth(n - 1).unwrap()
 }
+
+/// `tessera.toml` principals (a hashed token) and `TESSERA_*` overrides, and
+/// a configuration mistake as a clear error.
+#[test]
+fn config_file_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("tessera.toml");
+    let token = "tsr_configured_token";
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:1\"\n[[principals]]\nname = \"sales-bot\"\ntoken_sha256 = \"{}\"\nroles = [\"owner\"]\ndomains = [\"sales\"]\n",
+            tessera_store::principals::hash_token(token)
+        ),
+    )
+    .unwrap();
+    // The environment overrides the file's unusable port.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TESSERA_LISTEN", "127.0.0.1:0")
+        .env("TESSERA_DATA_DIR", &data)
+        .env("TESSERA_LOG", "warn")
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let base = BufReader::new(out).lines().map_while(Result::ok).find_map(|l| l.strip_prefix("Tessera is serving at ").map(str::to_owned));
+    let base = base.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the server did not start")
+    });
+    let contract = std::fs::read_to_string(repo().join("products/sales-orders/contract.yaml")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = runtime.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/api/v1/products"))
+            .bearer_auth(token)
+            .header("content-type", "application/yaml")
+            .body(contract)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 201, "the configured principal publishes");
+    assert!(data.join("tessera.db").exists(), "TESSERA_DATA_DIR holds the database");
+
+    // A misspelt key is named, and the command could not run (exit 2).
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmax_body_byte = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera")).args(["serve", "--config"]).arg(&config).current_dir(repo()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("max_body_byte"), "{}", stderr(&out));
+}
