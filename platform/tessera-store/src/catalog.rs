@@ -252,10 +252,11 @@ impl Store {
             Backend::Postgres => None,
         };
         let tx = match self.backend() {
-            Backend::Sqlite => self.pool().begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool().begin().await?,
+            Backend::Sqlite => self.inner.write_pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.inner.write_pool.begin().await?,
         };
-        Ok(WriteTx { tx, _guard: guard })
+        let checkpoint = (self.backend() == Backend::Sqlite).then(|| self.inner.checkpoint.clone());
+        Ok(WriteTx { tx, _guard: guard, checkpoint })
     }
 
     /// Stores (or replaces) principals of one origin: those of that origin
@@ -309,11 +310,16 @@ impl Store {
 pub(crate) struct WriteTx {
     pub tx: sqlx::Transaction<'static, sqlx::Any>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// SQLite: the checkpointer to wake after the commit.
+    checkpoint: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl WriteTx {
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
+        if let Some(checkpoint) = self.checkpoint {
+            checkpoint.notify_one();
+        }
         Ok(())
     }
 }

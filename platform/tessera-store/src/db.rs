@@ -54,46 +54,94 @@ pub fn redact(url: &str) -> String {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Opens the pool and brings the schema up to date.
-pub async fn connect(url: &str) -> Result<(AnyPool, Backend)> {
+/// The connections of a store.
+#[derive(Debug)]
+pub struct Pools {
+    pub backend: Backend,
+    /// Reads, and on PostgreSQL everything.
+    pub read: AnyPool,
+    /// Writes. On SQLite, which has one writer at a time, a single connection
+    /// of its own: its page cache stays warm from one append to the next
+    /// (SQLite drops a connection's cache whenever another connection has
+    /// written), and it leaves checkpoints to [`checkpoint`], off the
+    /// appends' path. On PostgreSQL, the read pool.
+    pub write: AnyPool,
+}
+
+/// Opens the pools and brings the schema up to date.
+pub async fn connect(url: &str) -> Result<Pools> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of_url(url)?;
     let options = AnyConnectOptions::from_str(url)
         .map_err(|e| Error::Config(format!("invalid database URL `{}`: {e}", redact(url))))?
         .disable_statement_logging();
-    let pool = AnyPoolOptions::new()
-        .max_connections(match backend {
-            Backend::Sqlite => 8,
-            Backend::Postgres => 24,
-        })
-        .acquire_timeout(Duration::from_secs(30))
-        .after_connect(move |conn, _meta| {
-            Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    // WAL lets readers run beside the writer; synchronous=FULL
-                    // fsyncs the WAL on every commit, so that an acknowledged
-                    // append survives a power cut.
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
-                    )
-                    .await?;
-                } else {
-                    // The log grows from empty faster than autovacuum
-                    // analyzes it: a generic plan cached while the table was
-                    // small would scan it whole on every append. Plan each
-                    // execution for the table as it is.
-                    conn.execute("SET plan_cache_mode = force_custom_plan").await?;
-                }
-                Ok(())
+    let open = |max_connections: u32, writer: bool| {
+        AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    match backend {
+                        // WAL lets readers run beside the writer;
+                        // synchronous=FULL fsyncs the WAL on every commit, so
+                        // that an acknowledged append survives a power cut.
+                        Backend::Sqlite => {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            if writer {
+                                // 64 MiB of pages: the log's indexes stay in
+                                // memory. A large insert's statement journal
+                                // stays in memory too, instead of a temporary file.
+                                conn.execute("PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;")
+                                    .await?;
+                            }
+                        }
+                        // The log grows from empty faster than autovacuum
+                        // analyzes it: a generic plan cached while the table
+                        // was small would scan it whole on every append. Plan
+                        // each execution for the table as it is.
+                        Backend::Postgres => {
+                            conn.execute("SET plan_cache_mode = force_custom_plan").await?;
+                        }
+                    }
+                    Ok(())
+                })
             })
-        })
-        .connect_with(options)
-        .await
-        .map_err(|e| Error::Config(format!("cannot open the database `{}`: {e}", redact(url))))?;
-    match backend {
-        Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
-        Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+            .connect_with(options.clone())
+    };
+    let failed = |e: sqlx::Error| Error::Config(format!("cannot open the database `{}`: {e}", redact(url)));
+    let pools = match backend {
+        Backend::Sqlite => {
+            let write = open(1, true).await.map_err(failed)?;
+            SQLITE_MIGRATIONS.run(&write).await?;
+            Pools { backend, read: open(8, false).await.map_err(failed)?, write }
+        }
+        Backend::Postgres => {
+            let read = open(24, false).await.map_err(failed)?;
+            POSTGRES_MIGRATIONS.run(&read).await?;
+            Pools { backend, write: read.clone(), read }
+        }
+    };
+    Ok(pools)
+}
+
+/// SQLite: copies the WAL's committed pages into the database file, without
+/// waiting for readers or the writer (a passive checkpoint), each time the
+/// writer wakes it. The WAL then starts over at the next write. Runs until
+/// the pool closes.
+pub async fn checkpoint(pool: AnyPool, wake: std::sync::Arc<tokio::sync::Notify>) {
+    loop {
+        wake.notified().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::warn!(error = %e, "checkpointing the SQLite WAL failed; retrying after the next append");
+        }
+        // Let a few commits gather before copying again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((pool, backend))
 }

@@ -52,6 +52,8 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     pool: AnyPool,
+    /// See [`db::Pools::write`].
+    write_pool: AnyPool,
     backend: Backend,
     policy: Arc<Policy>,
     /// Compiled current contract per product id.
@@ -59,8 +61,11 @@ struct Inner {
     /// SQLite has one writer at a time; queueing writers here, instead of in
     /// SQLite's busy handler, keeps them fair and fast.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the SQLite checkpointer after commits (see [`db::checkpoint`]).
+    checkpoint: Arc<tokio::sync::Notify>,
     notify: broadcast::Sender<Notification>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    /// The notification listener and the checkpointer, stopped on drop.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     /// See [`Store::delay_commits_for_tests`].
     commit_delay_ms: std::sync::atomic::AtomicU64,
     /// Events appended through this handle, for [`Store::keep_statistics_fresh`].
@@ -69,10 +74,8 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut listener) = self.listener.lock()
-            && let Some(handle) = listener.take()
-        {
-            handle.abort();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.drain(..).for_each(|t| t.abort());
         }
     }
 }
@@ -81,23 +84,26 @@ impl Store {
     /// Opens (and migrates) the database at `url`: `sqlite://PATH?mode=rwc`
     /// or `postgres://...`.
     pub async fn open(url: &str, policy: Policy) -> Result<Self> {
-        let (pool, backend) = db::connect(url).await?;
+        let db::Pools { backend, read, write } = db::connect(url).await?;
         let (notify, _) = broadcast::channel(1024);
         let store = Self {
             inner: Arc::new(Inner {
-                pool,
+                pool: read,
+                write_pool: write,
                 backend,
                 policy: Arc::new(policy),
                 compiled: Mutex::new(HashMap::new()),
                 write_lock: Arc::new(tokio::sync::Mutex::new(())),
+                checkpoint: Arc::new(tokio::sync::Notify::new()),
                 notify,
-                listener: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
                 commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
                 appended_since_analyze: std::sync::atomic::AtomicU64::new(0),
             }),
         };
-        if backend == Backend::Postgres {
-            store.listen(url).await?;
+        match backend {
+            Backend::Sqlite => store.spawn(db::checkpoint(store.inner.pool.clone(), store.inner.checkpoint.clone())),
+            Backend::Postgres => store.listen(url).await?,
         }
         Ok(store)
     }
@@ -117,6 +123,7 @@ impl Store {
     /// Closes the pool, waiting for connections in use.
     pub async fn close(&self) {
         self.inner.pool.close().await;
+        self.inner.write_pool.close().await;
     }
 
     /// Wakes on every commit to the log, in this process and, on
@@ -137,7 +144,7 @@ impl Store {
         let mut listener = sqlx::postgres::PgListener::connect(url).await?;
         listener.listen(CHANNEL).await?;
         let sender = self.inner.notify.clone();
-        let handle = tokio::spawn(async move {
+        self.spawn(async move {
             loop {
                 match listener.recv().await {
                     Ok(n) => {
@@ -157,10 +164,15 @@ impl Store {
                 }
             }
         });
-        if let Ok(mut slot) = self.inner.listener.lock() {
-            *slot = Some(handle);
-        }
         Ok(())
+    }
+
+    /// Runs a task for as long as the store lives.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.push(handle);
+        }
     }
 }
 

@@ -47,10 +47,6 @@ use crate::{Backend, CHANNEL, Store, now_micros, rfc3339};
 pub const MAX_EVENTS_PER_REQUEST: usize = 100_000;
 /// At most this many events per read.
 pub const MAX_READ: i64 = 10_000;
-/// Rows per multi-row INSERT: 10 parameters each, well under both databases' limits.
-const ROWS_PER_INSERT: usize = 500;
-/// Values per `IN (...)` list.
-const KEYS_PER_LOOKUP: usize = 500;
 /// See [`Store::keep_statistics_fresh`].
 const ANALYZE_EVERY: u64 = 50_000;
 /// Namespace of the advisory locks that order appends per product.
@@ -122,10 +118,75 @@ struct Prepared {
     stream: String,
     event_type: String,
     schema_version: i64,
-    payload: String,
-    payload_value: Value,
-    metadata: String,
+    payload: Value,
+    metadata: Map<String, Value>,
     expected: crate::Expected,
+    /// An earlier event of the same request with the same id and content:
+    /// this one is stored once, as that one.
+    repeat_of: Option<usize>,
+}
+
+/// A request's events, validated and rendered as the parameters of the
+/// write statements before the write lock is taken: under the lock, the
+/// database does the work, not the encoding of thousands of values.
+struct Batch {
+    events: Vec<Prepared>,
+    /// The rows to insert, if every event is new (see [`rows_json`]).
+    rows: String,
+    /// The ids the producer chose, as a JSON array of hex strings.
+    ids: Option<String>,
+    /// The distinct streams, as a JSON array.
+    streams: String,
+}
+
+/// The statements of an append. Each takes its many values as one JSON
+/// parameter, which both databases unpack natively: thousands of bound
+/// values cost more to encode and bind than the inserts themselves.
+struct Statements {
+    /// Stored events among the ids of `$2`.
+    find_ids: &'static str,
+    /// `{stream: current version}` for the streams of `$2`, as one JSON object.
+    stream_versions: &'static str,
+    /// Inserts the rows of `$5` in order. A row's version is its stream's
+    /// current version plus its ordinal in the request, so that the rows
+    /// can be rendered before the current versions are known. (SQLite's
+    /// `jsonb_each` hands over each row as JSONB, which `->>` reads without
+    /// parsing it again.)
+    insert: &'static str,
+}
+
+const SQLITE: Statements = Statements {
+    find_ids: "SELECT event_id, position, stream, stream_version, event_type, payload FROM events \
+               WHERE product_id = $1 AND event_id IN (SELECT unhex(value) FROM json_each($2))",
+    stream_versions: "SELECT json_group_object(stream, v) FROM (SELECT stream, MAX(stream_version) AS v FROM events \
+                      WHERE product_id = $1 AND stream IN (SELECT value FROM json_each($2)) GROUP BY stream)",
+    insert: "INSERT INTO events (product_id, contract_version, recorded_at, stream, stream_version, event_id, event_type, schema_version, payload, metadata) \
+             SELECT $1, $2, $3, r.value ->> 0, \
+                    COALESCE((SELECT MAX(e.stream_version) FROM events e WHERE e.product_id = $4 AND e.stream = r.value ->> 0), 0) + (r.value ->> 1), \
+                    unhex(r.value ->> 2), r.value ->> 3, r.value ->> 4, r.value ->> 5, r.value ->> 6 \
+             FROM jsonb_each($5) AS r ORDER BY r.key",
+};
+
+const POSTGRES: Statements = Statements {
+    find_ids: "SELECT event_id, position, stream, stream_version, event_type, payload FROM events \
+               WHERE product_id = $1 AND event_id IN (SELECT decode(value, 'hex') FROM json_array_elements_text($2::json) AS value)",
+    stream_versions: "SELECT COALESCE(json_object_agg(stream, v), '{}')::text FROM (SELECT stream, MAX(stream_version) AS v FROM events \
+                      WHERE product_id = $1 AND stream IN (SELECT json_array_elements_text($2::json)) GROUP BY stream) AS s",
+    insert: "INSERT INTO events (product_id, contract_version, recorded_at, stream, stream_version, event_id, event_type, schema_version, payload, metadata) \
+             SELECT $1, $2, $3, r.value ->> 0, \
+                    COALESCE((SELECT MAX(e.stream_version) FROM events e WHERE e.product_id = $4 AND e.stream = r.value ->> 0), 0) + (r.value ->> 1)::bigint, \
+                    decode(r.value ->> 2, 'hex'), r.value ->> 3, (r.value ->> 4)::bigint, r.value ->> 5, r.value ->> 6 \
+             FROM json_array_elements($5::json) WITH ORDINALITY AS r(value, key) ORDER BY r.key \
+             RETURNING position, stream, stream_version",
+};
+
+/// A stored event with the same id as one of the request's.
+struct StoredId {
+    position: i64,
+    stream: String,
+    version: i64,
+    event_type: String,
+    payload: String,
 }
 
 impl Store {
@@ -148,16 +209,17 @@ impl Store {
             return Err(Error::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_REQUEST });
         }
         let compiled = self.compiled(&product).await?;
-        // Validation is CPU work: keep it off the async workers, so that a
-        // large request does not stall the others (or a health check).
-        let prepared = {
+        // Validation and rendering are CPU work: keep them off the async
+        // workers, so that a large request does not stall the others (or a
+        // health check).
+        let batch = {
             let (compiled, principal) = (compiled.clone(), principal.clone());
             tokio::task::spawn_blocking(move || prepare(&compiled, &principal, events))
                 .await
                 .map_err(|e| Error::Config(format!("validating the events failed: {e}")))??
         };
         let product_key = format!("{domain}/{name}");
-        let outcome = self.write(&product, &product_key, &compiled.version, prepared).await?;
+        let outcome = self.write(&product, &product_key, &compiled.version, batch).await?;
         if let Some(last) = outcome.last_position {
             self.announce(&product_key, last);
         }
@@ -165,149 +227,102 @@ impl Store {
         Ok(outcome)
     }
 
-    async fn write(
-        &self,
-        product: &ProductRow,
-        product_key: &str,
-        contract_version: &str,
-        prepared: Vec<Prepared>,
-    ) -> Result<AppendOutcome> {
+    async fn write(&self, product: &ProductRow, product_key: &str, contract_version: &str, batch: Batch) -> Result<AppendOutcome> {
+        let sql = match self.backend() {
+            Backend::Sqlite => &SQLITE,
+            Backend::Postgres => &POSTGRES,
+        };
+        let Batch { events, mut rows, ids, streams } = batch;
         let mut tx = self.begin_write().await?;
         if self.backend() == Backend::Postgres {
             sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l").bind(APPEND_LOCK | product.id).execute(&mut **tx).await?;
         }
 
-        // Idempotency: ids already stored, and ids repeated within the request.
-        let explicit: Vec<&Prepared> = prepared.iter().filter(|p| p.explicit_id).collect();
-        let mut stored: HashMap<Uuid, (i64, String, i64, String, String)> = HashMap::new();
-        for chunk in explicit.chunks(KEYS_PER_LOOKUP) {
-            let sql = format!(
-                "SELECT event_id, position, stream, stream_version, event_type, payload FROM events WHERE product_id = $1 AND event_id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(self.dialect(sql))).bind(product.id);
-            for p in chunk {
-                q = q.bind(p.id.as_bytes().to_vec());
-            }
-            for row in q.fetch_all(&mut **tx).await? {
+        // Idempotency: ids already stored are answered with their original
+        // position, if the event is the same; they are not stored again.
+        let mut stored: HashMap<Uuid, StoredId> = HashMap::new();
+        if let Some(ids) = ids {
+            let found = sqlx::query(sql.find_ids).bind(product.id).bind(ids).fetch_all(&mut **tx).await?;
+            for row in found {
                 let id: Vec<u8> = row.try_get(0)?;
-                let id = Uuid::from_slice(&id).unwrap_or_default();
-                stored.insert(id, (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?, row.try_get(5)?));
+                let entry = StoredId {
+                    position: row.try_get(1)?,
+                    stream: row.try_get(2)?,
+                    version: row.try_get(3)?,
+                    event_type: row.try_get(4)?,
+                    payload: row.try_get(5)?,
+                };
+                stored.insert(Uuid::from_slice(&id).unwrap_or_default(), entry);
             }
         }
-        let mut outcome_events = Vec::with_capacity(prepared.len());
-        let mut first_in_request: HashMap<Uuid, usize> = HashMap::new();
-        let mut fresh: Vec<&Prepared> = Vec::with_capacity(prepared.len());
-        for p in &prepared {
-            if let Some((position, stream, version, event_type, payload)) = stored.get(&p.id) {
-                let same = *stream == p.stream
-                    && *event_type == p.event_type
-                    && serde_json::from_str::<Value>(payload).ok().as_ref() == Some(&p.payload_value);
+        for p in &events {
+            if let Some(s) = stored.get(&p.id) {
+                let same = s.stream == p.stream
+                    && s.event_type == p.event_type
+                    && serde_json::from_str::<Value>(&s.payload).ok().as_ref() == Some(&p.payload);
                 if !same {
-                    return Err(Error::EventIdConflict { index: p.index, id: p.id, position: *position });
+                    return Err(Error::EventIdConflict { index: p.index, id: p.id, position: s.position });
                 }
-                outcome_events.push(Some(AppendedEvent {
-                    index: p.index,
-                    id: p.id,
-                    stream: stream.clone(),
-                    version: *version,
-                    position: *position,
-                    duplicate: true,
-                }));
-                continue;
             }
-            if p.explicit_id {
-                if let Some(&first) = first_in_request.get(&p.id) {
-                    let f = &prepared[first];
-                    if f.stream != p.stream || f.event_type != p.event_type || f.payload_value != p.payload_value {
-                        return Err(Error::InvalidEvents {
-                            problems: vec![EventProblem {
-                                index: p.index,
-                                line: None,
-                                pointer: "/id".into(),
-                                code: "duplicate_id",
-                                message: format!(
-                                    "id {} is also the id of event {first} of this request, with other content; give each event its own id",
-                                    p.id
-                                ),
-                            }],
-                        });
-                    }
-                    outcome_events.push(None); // filled in from `first` below
-                    continue;
-                }
-                first_in_request.insert(p.id, p.index);
-            }
-            outcome_events.push(None);
-            fresh.push(p);
+        }
+        let fresh: Vec<&Prepared> = events.iter().filter(|p| p.repeat_of.is_none() && !stored.contains_key(&p.id)).collect();
+        if fresh.len() != events.len() {
+            rows = rows_json(fresh.iter().copied())?;
         }
 
         // Optimistic concurrency: each stream's current version.
-        let streams: Vec<&str> = fresh.iter().map(|p| p.stream.as_str()).collect::<HashSet<_>>().into_iter().collect();
-        let mut versions: HashMap<String, i64> = HashMap::with_capacity(streams.len());
-        for chunk in streams.chunks(KEYS_PER_LOOKUP) {
-            let sql = format!(
-                "SELECT stream, MAX(stream_version) FROM events WHERE product_id = $1 AND stream IN ({}) GROUP BY stream",
-                placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(self.dialect(sql))).bind(product.id);
-            for s in chunk {
-                q = q.bind(*s);
-            }
-            for row in q.fetch_all(&mut **tx).await? {
-                versions.insert(row.try_get(0)?, row.try_get(1)?);
-            }
-        }
+        let current: String = sqlx::query(sql.stream_versions).bind(product.id).bind(streams).fetch_one(&mut **tx).await?.try_get(0)?;
+        let mut versions: HashMap<String, i64> = serde_json::from_str(&current)
+            .map_err(|e| Error::Config(format!("the database answered the stream versions with unexpected JSON: {e}")))?;
         let mut assigned: Vec<i64> = Vec::with_capacity(fresh.len());
         for p in &fresh {
-            let current = versions.get(&p.stream).copied().unwrap_or(0);
-            if !p.expected.allows(u64::try_from(current).unwrap_or(0)) {
+            let version = versions.entry(p.stream.clone()).or_insert(0);
+            let current = u64::try_from(*version).unwrap_or(0);
+            if !p.expected.allows(current) {
                 return Err(Error::WrongExpectedVersion {
                     index: p.index,
                     stream: p.stream.clone(),
                     expected: p.expected.describe(),
-                    actual: u64::try_from(current).unwrap_or(0),
+                    actual: current,
                 });
             }
-            versions.insert(p.stream.clone(), current + 1);
-            assigned.push(current + 1);
+            *version += 1;
+            assigned.push(*version);
         }
 
-        // Insert, many rows per statement.
-        let recorded_at = now_micros();
-        let mut positions: HashMap<(String, i64), i64> = HashMap::with_capacity(fresh.len());
-        for (chunk, versions) in fresh.chunks(ROWS_PER_INSERT).zip(assigned.chunks(ROWS_PER_INSERT)) {
-            let mut sql = String::from(
-                "INSERT INTO events (product_id, contract_version, recorded_at, stream, stream_version, event_id, event_type, schema_version, payload, metadata) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
+        // Insert. The statement assigns the same versions as `assigned`:
+        // it reads the same current versions, under the same lock.
+        let mut positions: Vec<i64> = Vec::new();
+        if !fresh.is_empty() {
+            let insert = sqlx::query(sql.insert).bind(product.id).bind(contract_version).bind(now_micros()).bind(product.id).bind(rows);
+            positions = match self.backend() {
+                // One writer at a time, and AUTOINCREMENT: the rows take the
+                // positions after the last one, in order. Asking for them
+                // instead (RETURNING) would hand each row from SQLite's
+                // thread to this one, which costs more than inserting it.
+                Backend::Sqlite => {
+                    let inserted = insert.execute(&mut **tx).await?.rows_affected();
+                    let last: i64 = sqlx::query("SELECT last_insert_rowid()").fetch_one(&mut **tx).await?.try_get(0)?;
+                    if usize::try_from(inserted).ok() != Some(fresh.len()) {
+                        return Err(Error::Config(format!("inserted {inserted} rows for {} events", fresh.len())));
+                    }
+                    (last - fresh.len() as i64 + 1..=last).collect()
                 }
-                sql.push('(');
-                sql.push_str(&placeholders(1 + i * 10, 10));
-                sql.push(')');
-            }
-            sql.push_str(" RETURNING position, stream, stream_version");
-            let mut q = sqlx::query(AssertSqlSafe(self.dialect(sql)));
-            for (p, version) in chunk.iter().zip(versions) {
-                q = q
-                    .bind(product.id)
-                    .bind(contract_version)
-                    .bind(recorded_at)
-                    .bind(p.stream.as_str())
-                    .bind(*version)
-                    .bind(p.id.as_bytes().to_vec())
-                    .bind(p.event_type.as_str())
-                    .bind(p.schema_version)
-                    .bind(p.payload.as_str())
-                    .bind(p.metadata.as_str());
-            }
-            for row in q.fetch_all(&mut **tx).await? {
-                positions.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
-            }
+                Backend::Postgres => {
+                    let mut by_version: HashMap<(String, i64), i64> = HashMap::with_capacity(fresh.len());
+                    for row in insert.fetch_all(&mut **tx).await? {
+                        by_version.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+                    }
+                    fresh
+                        .iter()
+                        .zip(&assigned)
+                        .map(|(p, v)| by_version.get(&(p.stream.clone(), *v)).copied())
+                        .collect::<Option<Vec<i64>>>()
+                        .ok_or_else(|| Error::Config("the inserted rows do not match the events".into()))?
+                }
+            };
         }
-        let last_position = positions.values().copied().max();
+        let last_position = positions.last().copied();
         if let (Backend::Postgres, Some(last)) = (self.backend(), last_position) {
             sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) AS n")
                 .bind(CHANNEL)
@@ -321,45 +336,43 @@ impl Store {
         }
         tx.commit().await?;
 
-        let mut by_index: HashMap<usize, AppendedEvent> = HashMap::with_capacity(fresh.len());
-        for (p, version) in fresh.iter().zip(&assigned) {
-            let position = positions.get(&(p.stream.clone(), *version)).copied().unwrap_or_default();
-            by_index.insert(
-                p.index,
-                AppendedEvent { index: p.index, id: p.id, stream: p.stream.clone(), version: *version, position, duplicate: false },
-            );
+        // One entry per event of the request, in its order.
+        let mut placed: HashMap<usize, AppendedEvent> = HashMap::with_capacity(fresh.len());
+        for ((p, version), position) in fresh.iter().zip(&assigned).zip(&positions) {
+            let e = AppendedEvent {
+                index: p.index,
+                id: p.id,
+                stream: p.stream.clone(),
+                version: *version,
+                position: *position,
+                duplicate: false,
+            };
+            placed.insert(p.index, e);
         }
-        let events: Vec<AppendedEvent> = prepared
-            .iter()
-            .zip(outcome_events)
-            .map(|(p, e)| match e {
-                Some(e) => e,
-                None => match by_index.get(&p.index) {
-                    Some(e) => e.clone(),
-                    None => {
-                        let first = first_in_request.get(&p.id).and_then(|i| by_index.get(i)).cloned();
-                        let mut e = first.unwrap_or(AppendedEvent {
-                            index: p.index,
-                            id: p.id,
-                            stream: p.stream.clone(),
-                            version: 0,
-                            position: 0,
-                            duplicate: true,
-                        });
-                        e.index = p.index;
-                        e.duplicate = true;
-                        e
-                    }
-                },
-            })
-            .collect();
-        let appended = fresh.len();
+        let mut out = Vec::with_capacity(events.len());
+        for p in &events {
+            let e = if let Some(s) = stored.get(&p.id) {
+                AppendedEvent {
+                    index: p.index,
+                    id: p.id,
+                    stream: s.stream.clone(),
+                    version: s.version,
+                    position: s.position,
+                    duplicate: true,
+                }
+            } else if let Some(first) = p.repeat_of.and_then(|i| out.get(i).cloned()) {
+                AppendedEvent { index: p.index, duplicate: true, ..first }
+            } else {
+                placed.remove(&p.index).ok_or_else(|| Error::Config(format!("event {} was neither stored nor a duplicate", p.index)))?
+            };
+            out.push(e);
+        }
         Ok(AppendOutcome {
-            appended,
-            duplicates: prepared.len() - appended,
+            appended: fresh.len(),
+            duplicates: events.len() - fresh.len(),
             contract_version: contract_version.to_owned(),
             last_position,
-            events,
+            events: out,
         })
     }
 
@@ -461,32 +474,6 @@ impl Store {
         }
     }
 
-    /// A statement whose parameters are `$1, $2, ...`, each once and in
-    /// order, in the placeholders of this database. SQLite gets anonymous `?`:
-    /// it looks up each named parameter by walking a list of all of them,
-    /// which makes binding a statement with thousands of `$N` quadratic
-    /// (it was over half of an append's time).
-    fn dialect(&self, sql: String) -> String {
-        match self.backend() {
-            Backend::Postgres => sql,
-            Backend::Sqlite => {
-                let mut out = String::with_capacity(sql.len());
-                let mut chars = sql.chars().peekable();
-                while let Some(c) = chars.next() {
-                    if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                        while chars.peek().is_some_and(char::is_ascii_digit) {
-                            chars.next();
-                        }
-                        out.push('?');
-                    } else {
-                        out.push(c);
-                    }
-                }
-                out
-            }
-        }
-    }
-
     /// The extra condition that keeps readers below the safe horizon.
     fn horizon(&self) -> &'static str {
         match self.backend() {
@@ -531,41 +518,89 @@ fn stored_event(r: &sqlx::any::AnyRow, compiled: &crate::compiled::Compiled) -> 
     })
 }
 
-/// `$first, $first+1, ...`, `count` of them.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
-
 /// Validates every event (all problems at once, up to a limit) and renders
-/// what will be stored.
-fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: Vec<EventInput>) -> Result<Vec<Prepared>> {
+/// the parameters of the write statements.
+fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: Vec<EventInput>) -> Result<Batch> {
     let mut problems = Vec::new();
-    let mut prepared = Vec::with_capacity(events.len());
+    let mut prepared: Vec<Prepared> = Vec::with_capacity(events.len());
+    let mut first_with_id: HashMap<Uuid, usize> = HashMap::new();
     for (index, event) in events.into_iter().enumerate() {
-        match compiled.check(index, &event) {
-            Ok(version) => {
-                let mut metadata: Map<String, Value> = event.metadata;
-                metadata.insert("principal".into(), Value::String(principal.name.clone()));
-                prepared.push(Prepared {
-                    index,
-                    id: event.id.unwrap_or_else(Uuid::now_v7),
-                    explicit_id: event.id.is_some(),
-                    payload: serde_json::to_string(&event.payload).unwrap_or_default(),
-                    payload_value: event.payload,
-                    metadata: serde_json::to_string(&metadata).unwrap_or_default(),
-                    stream: event.stream,
-                    event_type: event.event_type,
-                    schema_version: i64::from(version),
-                    expected: event.expected,
-                });
-            }
+        let version = match compiled.check(index, &event) {
+            Ok(version) => version,
             Err(p) => {
                 problems.push(p);
                 if problems.len() >= MAX_PROBLEMS {
                     break;
                 }
+                continue;
+            }
+        };
+        let mut repeat_of = None;
+        if let Some(id) = event.id {
+            match first_with_id.get(&id).map(|&i| &prepared[i]) {
+                Some(first) if first.stream != event.stream || first.event_type != event.event_type || first.payload != event.payload => {
+                    problems.push(EventProblem {
+                        index,
+                        line: event.line,
+                        pointer: "/id".into(),
+                        code: "duplicate_id",
+                        message: format!(
+                            "id {id} is also the id of event {} of this request, with other content; give each event its own id",
+                            first.index
+                        ),
+                    });
+                    continue;
+                }
+                Some(first) => repeat_of = Some(first.index),
+                None => {
+                    first_with_id.insert(id, prepared.len());
+                }
             }
         }
+        let mut metadata = event.metadata;
+        metadata.insert("principal".into(), Value::String(principal.name.clone()));
+        prepared.push(Prepared {
+            index,
+            id: event.id.unwrap_or_else(Uuid::now_v7),
+            explicit_id: event.id.is_some(),
+            stream: event.stream,
+            event_type: event.event_type,
+            schema_version: i64::from(version),
+            payload: event.payload,
+            metadata,
+            expected: event.expected,
+            repeat_of,
+        });
     }
-    if problems.is_empty() { Ok(prepared) } else { Err(Error::InvalidEvents { problems }) }
+    if !problems.is_empty() {
+        return Err(Error::InvalidEvents { problems });
+    }
+    let rows = rows_json(prepared.iter().filter(|p| p.repeat_of.is_none()))?;
+    let explicit: Vec<String> = prepared.iter().filter(|p| p.explicit_id).map(|p| p.id.simple().to_string()).collect();
+    let ids = if explicit.is_empty() { None } else { Some(to_json(&explicit)?) };
+    let mut seen = HashSet::new();
+    let streams: Vec<&str> = prepared.iter().map(|p| p.stream.as_str()).filter(|s| seen.insert(*s)).collect();
+    let streams = to_json(&streams)?;
+    Ok(Batch { events: prepared, rows, ids, streams })
+}
+
+/// The rows of the insert statement, as a JSON array of
+/// `[stream, ordinal in its stream, id (hex), type, schema version, payload, metadata]`.
+/// Payload and metadata are JSON texts inside JSON strings, stored as they
+/// are: PostgreSQL cannot unpack a `\u0000` escape into text, so it must
+/// never see one outside a string.
+fn rows_json<'a>(events: impl Iterator<Item = &'a Prepared>) -> Result<String> {
+    let mut ordinals: HashMap<&str, i64> = HashMap::new();
+    let mut rows = Vec::new();
+    for p in events {
+        let ordinal = ordinals.entry(p.stream.as_str()).or_insert(0);
+        *ordinal += 1;
+        let (payload, metadata) = (to_json(&p.payload)?, to_json(&p.metadata)?);
+        rows.push((&p.stream, *ordinal, p.id.simple().to_string(), &p.event_type, p.schema_version, payload, metadata));
+    }
+    to_json(&rows)
+}
+
+fn to_json(value: &impl Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Config(format!("cannot render the events as JSON: {e}")))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::Row;
-use tessera_store::{Error, Expected, Principal};
+use tessera_store::{Error, EventInput, Expected, Principal};
 use uuid::Uuid;
 
 use crate::on_both;
@@ -14,6 +14,8 @@ use crate::support::{TestDb, analyst, line_added, owner, read_whole_log, sample_
 on_both!(
     sample_events_load_in_order,
     idempotent_resend_stores_nothing,
+    resend_mixed_with_repeats_and_new_events,
+    payloads_are_stored_faithfully,
     same_id_other_payload_is_a_conflict,
     one_bad_event_stores_nothing,
     old_payloads_come_back_upcast,
@@ -55,6 +57,65 @@ async fn idempotent_resend_stores_nothing(db: &TestDb) {
         "a resend returns the original positions"
     );
     assert_eq!(db.count_events().await, count, "nothing new stored");
+}
+
+/// One request holding events already stored, an event repeated within the
+/// request, and new events of a stream that already has some: each new event
+/// takes the next version of its stream, the others answer as duplicates.
+async fn resend_mixed_with_repeats_and_new_events(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let sales = owner("sales");
+    let with_id = |stream: &str, line: u64| EventInput { id: Some(Uuid::now_v7()), ..line_added(stream, line) };
+    let (a1, a2) = (with_id("ORD-A", 1), with_id("ORD-A", 2));
+    let first = store.append(&sales, "sales", "orders", vec![a1.clone(), a2.clone()]).await.expect("first");
+    let count = db.count_events().await;
+    let (a3, b1) = (with_id("ORD-A", 3), with_id("ORD-B", 1));
+    let request = vec![a3.clone(), a1, b1.clone(), a3, a2, line_added("ORD-A", 4)];
+    let out = store.append(&sales, "sales", "orders", request).await.expect("mixed request");
+    assert_eq!((out.appended, out.duplicates), (3, 3));
+    let placed: Vec<(&str, i64, bool)> = out.events.iter().map(|e| (e.stream.as_str(), e.version, e.duplicate)).collect();
+    assert_eq!(
+        placed,
+        [("ORD-A", 3, false), ("ORD-A", 1, true), ("ORD-B", 1, false), ("ORD-A", 3, true), ("ORD-A", 2, true), ("ORD-A", 4, false)]
+    );
+    assert_eq!(out.events[1].position, first.events[0].position, "a stored event answers with its original position");
+    assert_eq!(out.events[3].position, out.events[0].position, "a repeat answers as the event it repeats");
+    assert!(
+        out.events[0].position < out.events[2].position && out.events[2].position < out.events[5].position,
+        "new events in request order"
+    );
+    assert_eq!(db.count_events().await, count + 3);
+    let stream = store.read_stream(&sales, "sales", "orders", "ORD-A", 1, 10).await.expect("read ORD-A");
+    assert_eq!(stream.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(stream[2].id, out.events[0].id);
+    assert_eq!(
+        stream.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [first.events[0].position, first.events[1].position, out.events[0].position, out.events[5].position]
+    );
+}
+
+/// Payloads and metadata come back as sent: escapes, characters outside
+/// ASCII, integers beyond a double's precision, decimals and exponents.
+async fn payloads_are_stored_faithfully(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let mut event = line_added("ORD-Ü", 1);
+    event.payload["sku"] = json!("Ünïcödé \"quoted\" back\\slash\nnew line\t tab \u{0} nul 🎉 </script>");
+    event.payload["quantity"] = json!(9_007_199_254_740_993u64);
+    event.payload["unit_price"] = serde_json::from_str("1.50").expect("number");
+    event.payload["note"] =
+        serde_json::from_str(r#"{"tiny": 1e-7, "big": -12345678901234.5, "list": [0, -0.0, true, null, {}, []]}"#).expect("json");
+    event.metadata.insert("correlation_id".into(), json!("c-1"));
+    event.metadata.insert("trace".into(), json!({"spans": [1, 2, 3], "ok": true}));
+    let sent = event.clone();
+    store.append(&owner("sales"), "sales", "orders", vec![event]).await.expect("append");
+    let stored = store.read_stream(&owner("sales"), "sales", "orders", "ORD-Ü", 1, 1).await.expect("read");
+    assert_eq!(stored[0].payload, sent.payload);
+    assert_eq!(stored[0].payload["quantity"].as_u64(), Some(9_007_199_254_740_993));
+    assert_eq!(stored[0].metadata["trace"], sent.metadata["trace"]);
+    assert_eq!(stored[0].metadata["correlation_id"], json!("c-1"));
+    assert_eq!(stored[0].metadata["principal"], json!("sales-owner"));
 }
 
 async fn same_id_other_payload_is_a_conflict(db: &TestDb) {
