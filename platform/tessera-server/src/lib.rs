@@ -84,6 +84,22 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// `Path`, with a JSON error when a segment does not fit (say, percent-encoded
+/// bytes that are not UTF-8).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(e) => Err(ApiError::new(e.status(), "invalid_path", format!("{}; check the URL", e.body_text()))),
+        }
+    }
+}
+
 /// The routes.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -189,7 +205,7 @@ async fn publish(State(state): State<AppState>, Caller(caller): Caller, headers:
     Ok((status, Json(published)).into_response())
 }
 
-async fn product(State(state): State<AppState>, Path((domain, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+async fn product(State(state): State<AppState>, ApiPath((domain, name)): ApiPath<(String, String)>) -> Result<Json<Value>, ApiError> {
     let summary = state.store.product(&domain, &name).await?;
     let versions = state.store.versions(&domain, &name).await?;
     let head = state.store.head(&domain, &name).await?;
@@ -198,7 +214,7 @@ async fn product(State(state): State<AppState>, Path((domain, name)): Path<(Stri
 
 async fn contract_version(
     State(state): State<AppState>,
-    Path((domain, name, version)): Path<(String, String, String)>,
+    ApiPath((domain, name, version)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let source = state.store.contract_source(&domain, &name, &version).await?;
     Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], source).into_response())
@@ -207,7 +223,7 @@ async fn contract_version(
 async fn append(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((domain, name)): Path<(String, String)>,
+    ApiPath((domain, name)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -241,7 +257,7 @@ struct LogQuery {
 async fn read_log(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((domain, name)): Path<(String, String)>,
+    ApiPath((domain, name)): ApiPath<(String, String)>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<tessera_store::LogPage>, ApiError> {
     let Query(q) = query
@@ -259,7 +275,7 @@ struct StreamQuery {
 async fn read_stream(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((domain, name, stream)): Path<(String, String, String)>,
+    ApiPath((domain, name, stream)): ApiPath<(String, String, String)>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) =

@@ -129,7 +129,11 @@ impl Store {
     /// Wakes on every commit to the log, in this process and, on
     /// PostgreSQL, in every process sharing the database (LISTEN/NOTIFY).
     /// A notification says only that something arrived: read the log from
-    /// your own position to see what.
+    /// your own position to see what. On PostgreSQL a read right after the
+    /// notification may still stop short of its `position` (readers stay
+    /// below the oldest transaction in flight on the server, see [`log`]):
+    /// until your cursor reaches the notified position, read again after a
+    /// short pause rather than waiting for the next notification.
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
         self.inner.notify.subscribe()
     }

@@ -22,8 +22,10 @@ impl Principal {
         Self { name: "public".into(), roles: vec![Role::Public], domains: Vec::new() }
     }
 
+    /// The caller without a token. (`public` is a reserved name: no
+    /// configured principal may take it, whatever its roles.)
     pub fn is_public(&self) -> bool {
-        self.roles.iter().all(|r| *r == Role::Public)
+        self.name == "public"
     }
 
     pub fn is_member_of(&self, domain: &str) -> bool {
@@ -55,4 +57,17 @@ pub fn new_token() -> Result<String, String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| format!("the operating system gave no random bytes: {e}"))?;
     Ok(format!("tsr_{}", hex::encode(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_caller_without_a_token_is_public() {
+        assert!(Principal::public().is_public());
+        let no_roles = Principal { name: "sales-bot".into(), roles: Vec::new(), domains: vec!["sales".into()] };
+        assert!(!no_roles.is_public(), "a configured principal without roles is still authenticated");
+        assert!(no_roles.is_member_of("sales"));
+    }
 }

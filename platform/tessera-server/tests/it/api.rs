@@ -138,6 +138,7 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing(s: &TestServer) {
 
     refused(s.get("/api/v1/products/sales/orders/events?after=abc", Some(SALES)).await, 400, "invalid_query").await;
     refused(s.get("/api/v1/nothing", None).await, 404, "not_found").await;
+    refused(s.get("/api/v1/products/sales/%FF%FE", None).await, 400, "invalid_path").await;
     refused(s.call(Method::DELETE, "/api/v1/products", Some(SALES), None, "").await, 405, "method_not_allowed").await;
     refused(s.get("/api/v1/products/sales/orders/streams/NOPE", Some(SALES)).await, 404, "not_found").await;
     assert_eq!(s.count_events().await, before, "nothing of any refused request was stored");
