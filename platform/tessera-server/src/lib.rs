@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tessera_store::principals::hash_token;
-use tessera_store::{Principal, Store};
+use tessera_store::{BodyFormat, Principal, Store};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -231,19 +231,13 @@ async fn append(
         return Err(tessera_store::Error::Unauthenticated("appending needs a token: send `Authorization: Bearer <token>`".into()).into());
     }
     let ct = content_type(&headers);
-    let ndjson = match ct.as_str() {
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => true,
-        "application/json" => false,
+    let format = match ct.as_str() {
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => BodyFormat::Ndjson,
+        "application/json" => BodyFormat::Json,
         _ => return Err(unsupported(&ct, "events as `application/x-ndjson` (one per line) or `application/json` (an array)")),
     };
     let bytes = read_body(&state, body).await?;
-    let parsed = tokio::task::spawn_blocking(move || {
-        if ndjson { tessera_store::envelope::parse_ndjson(&bytes) } else { tessera_store::envelope::parse_json(&bytes) }
-    })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "parsing the body failed"))?;
-    let events = parsed.map_err(|problems| ApiError::from(tessera_store::Error::InvalidEvents { problems }))?;
-    let outcome = state.store.append(&caller, &domain, &name, events).await?;
+    let outcome = state.store.append_body(&caller, &domain, &name, format, bytes).await?;
     let status = if outcome.appended == 0 { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(outcome)).into_response())
 }

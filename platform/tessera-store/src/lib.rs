@@ -26,7 +26,7 @@ pub use catalog::{ProductSummary, Published, VersionInfo};
 pub use db::Backend;
 pub use envelope::{EventInput, Expected};
 pub use error::{Error, EventProblem, Result};
-pub use log::{AppendOutcome, AppendedEvent, LogPage, StoredEvent};
+pub use log::{AppendOutcome, AppendedEvent, BodyFormat, LogPage, StoredEvent};
 pub use principals::{Principal, PrincipalRecord};
 
 use compiled::Compiled;

@@ -189,9 +189,49 @@ struct StoredId {
     payload: String,
 }
 
+/// How the events of an append request's body are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One envelope per line.
+    Ndjson,
+    /// An array of envelopes (or a single one).
+    Json,
+}
+
 impl Store {
-    /// Appends a request's events to a product's log: all of them or none.
+    /// Appends events to a product's log: all of them or none.
     pub async fn append(&self, principal: &Principal, domain: &str, name: &str, events: Vec<EventInput>) -> Result<AppendOutcome> {
+        self.append_with(principal, domain, name, move || Ok(events)).await
+    }
+
+    /// Appends the events of a request body, parsed with the line, index and
+    /// JSON pointer of every problem. Who may append is checked before the
+    /// body is parsed.
+    pub async fn append_body(
+        &self,
+        principal: &Principal,
+        domain: &str,
+        name: &str,
+        format: BodyFormat,
+        body: impl AsRef<[u8]> + Send + 'static,
+    ) -> Result<AppendOutcome> {
+        self.append_with(principal, domain, name, move || {
+            let parsed = match format {
+                BodyFormat::Ndjson => crate::envelope::parse_ndjson(body.as_ref()),
+                BodyFormat::Json => crate::envelope::parse_json(body.as_ref()),
+            };
+            parsed.map_err(|problems| Error::InvalidEvents { problems })
+        })
+        .await
+    }
+
+    async fn append_with(
+        &self,
+        principal: &Principal,
+        domain: &str,
+        name: &str,
+        events: impl FnOnce() -> Result<Vec<EventInput>> + Send + 'static,
+    ) -> Result<AppendOutcome> {
         if principal.is_public() {
             return Err(Error::Unauthenticated("appending needs a token: send `Authorization: Bearer <token>`".into()));
         }
@@ -202,21 +242,24 @@ impl Store {
                 principal.name
             )));
         }
-        if events.is_empty() {
-            return Err(Error::NoEvents);
-        }
-        if events.len() > MAX_EVENTS_PER_REQUEST {
-            return Err(Error::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_REQUEST });
-        }
         let compiled = self.compiled(&product).await?;
-        // Validation and rendering are CPU work: keep them off the async
-        // workers, so that a large request does not stall the others (or a
-        // health check).
+        // Parsing, validation and rendering are CPU work: keep them off the
+        // async workers, so that a large request does not stall the others
+        // (or a health check).
         let batch = {
             let (compiled, principal) = (compiled.clone(), principal.clone());
-            tokio::task::spawn_blocking(move || prepare(&compiled, &principal, events))
-                .await
-                .map_err(|e| Error::Config(format!("validating the events failed: {e}")))??
+            tokio::task::spawn_blocking(move || {
+                let events = events()?;
+                if events.is_empty() {
+                    return Err(Error::NoEvents);
+                }
+                if events.len() > MAX_EVENTS_PER_REQUEST {
+                    return Err(Error::TooManyEvents { count: events.len(), max: MAX_EVENTS_PER_REQUEST });
+                }
+                prepare(&compiled, &principal, events)
+            })
+            .await
+            .map_err(|e| Error::Config(format!("validating the events failed: {e}")))??
         };
         let product_key = format!("{domain}/{name}");
         let outcome = self.write(&product, &product_key, &compiled.version, batch).await?;

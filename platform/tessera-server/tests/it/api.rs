@@ -154,6 +154,8 @@ async fn who_may_do_what(s: &TestServer) {
     refused(s.append(None, "sales/orders", "application/x-ndjson", one.clone()).await, 401, "unauthenticated").await;
     refused(s.append(Some(PAYMENTS), "sales/orders", "application/x-ndjson", one.clone()).await, 403, "forbidden").await;
     refused(s.append(Some(ANALYST), "sales/orders", "application/x-ndjson", one.clone()).await, 403, "forbidden").await;
+    // Who may append is decided before the body is even parsed.
+    refused(s.append(Some(PAYMENTS), "sales/orders", "application/x-ndjson", "{not json").await, 403, "forbidden").await;
     let (status, _) = s.call(Method::POST, "/api/v1/products/sales/orders/events", None, Some("application/x-ndjson"), one.clone()).await;
     assert_eq!(status, 401);
     let (status, response) = s
