@@ -28,6 +28,9 @@ pub struct Args {
     /// Single-event appends for the latency figures.
     #[arg(long, default_value_t = 1000)]
     single: usize,
+    /// Copies of the sample file per request (one copy is about 2,400 events).
+    #[arg(long, default_value_t = 2)]
+    copies_per_request: usize,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -63,7 +66,7 @@ struct RawRow {
     metadata: String,
 }
 
-fn workload(events: usize) -> Result<Workload> {
+fn workload(events: usize, copies_per_request: usize) -> Result<Workload> {
     let text =
         std::fs::read_to_string(repo().join(EVENTS)).with_context(|| format!("cannot read {EVENTS}; run from the repository root"))?;
     let samples: Vec<Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
@@ -97,8 +100,7 @@ fn workload(events: usize) -> Result<Workload> {
                 metadata: metadata.to_string(),
             });
         }
-        // Two copies of the sample file per request: about 5,000 events.
-        if copy % 2 == 1 {
+        if (copy + 1) % copies_per_request.max(1) == 0 {
             bodies.push(std::mem::take(&mut body).into());
         }
     }
@@ -360,7 +362,7 @@ pub fn run(args: Args) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         println!("generating {} events...", args.events);
-        let work = workload(args.events)?;
+        let work = workload(args.events, args.copies_per_request)?;
         let mut backends = vec![Backend::Sqlite];
         if args.postgres != "none" {
             backends.push(Backend::Postgres);
