@@ -333,8 +333,11 @@ impl Store {
             assigned.push(*version);
         }
 
-        // Insert. The statement assigns the same versions as `assigned`:
-        // it reads the same current versions, under the same lock.
+        // Insert. The statement assigns the same versions as `assigned`: it
+        // reads the same current versions, under the same lock, and its
+        // SELECT sees the table as it was before the statement (as SQL
+        // requires of INSERT ... SELECT; `resend_mixed_with_repeats_and_new_events`
+        // and `expected_versions` would catch a database that did not).
         let mut positions: Vec<i64> = Vec::new();
         if !fresh.is_empty() {
             let insert = sqlx::query(sql.insert).bind(product.id).bind(contract_version).bind(now_micros()).bind(product.id).bind(rows);
