@@ -1,0 +1,190 @@
+//! Event values into table cells: each checked against its column's type, so
+//! that a value that does not fit is a located reason for the dead-letter
+//! list, never a failed commit or a silently changed value.
+
+use serde_json::{Map, Value};
+use tessera_contract::model::{Column, DataType, EventField, Source};
+use tessera_store::StoredEvent;
+
+/// The value of a source for an event: `None` when the payload or the
+/// metadata does not have it.
+pub fn source_value(source: &Source, event: &StoredEvent) -> Option<Value> {
+    match source {
+        Source::Payload(path) => path.get(&event.payload).cloned(),
+        Source::Metadata(key) => event.metadata.get(key).cloned(),
+        Source::Literal(v) => Some(v.clone()),
+        Source::Event(field) => Some(match field {
+            EventField::Id => Value::from(event.id.to_string()),
+            EventField::Type => Value::from(event.event_type.clone()),
+            EventField::Stream => Value::from(event.stream.clone()),
+            EventField::Version => Value::from(event.version),
+            EventField::Position => Value::from(event.position),
+            EventField::RecordedAt => Value::from(event.recorded_at.clone()),
+            EventField::SchemaVersion => Value::from(event.schema_version),
+        }),
+    }
+}
+
+/// Checks a value against a column and returns it in the form the Arrow
+/// JSON decoder reads for that type; `Err` says why it does not fit.
+pub fn cell(value: Option<Value>, column: &Column) -> Result<Value, String> {
+    match value {
+        None | Some(Value::Null) if column.required => Err("is required but has no value".into()),
+        None | Some(Value::Null) => Ok(Value::Null),
+        Some(v) => typed(v, &column.data_type),
+    }
+}
+
+fn typed(v: Value, t: &DataType) -> Result<Value, String> {
+    let wrong = |v: &Value| Err(format!("{} does not fit type {}", describe(v), type_name(t)));
+    match t {
+        DataType::String => match v {
+            Value::String(_) => Ok(v),
+            other => wrong(&other),
+        },
+        DataType::Boolean => match v {
+            Value::Bool(_) => Ok(v),
+            other => wrong(&other),
+        },
+        DataType::Int32 => match v.as_i64().and_then(|n| i32::try_from(n).ok()) {
+            Some(n) => Ok(Value::from(n)),
+            None => wrong(&v),
+        },
+        DataType::Int64 => match v.as_i64() {
+            Some(n) => Ok(Value::from(n)),
+            None => wrong(&v),
+        },
+        DataType::Float64 => match v.as_f64() {
+            Some(_) if v.is_number() => Ok(v),
+            _ => wrong(&v),
+        },
+        DataType::Decimal { precision, scale } => {
+            let text = match &v {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                other => return wrong(other),
+            };
+            decimal_fits(&text, *precision, *scale).map(|()| Value::String(text))
+        }
+        DataType::Date => match &v {
+            Value::String(s) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => Ok(v),
+            other => Err(format!("{} is not a date (YYYY-MM-DD)", describe(other))),
+        },
+        DataType::Timestamp => match &v {
+            Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => Ok(Value::from(t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))),
+                Err(_) => Err(format!("{} is not an RFC 3339 timestamp", describe(&v))),
+            },
+            other => Err(format!("{} is not an RFC 3339 timestamp", describe(other))),
+        },
+        DataType::Struct(columns) => {
+            let Value::Object(mut object) = v else { return wrong(&v) };
+            let mut out = Map::new();
+            for (name, column) in columns {
+                let value = cell(object.remove(name.as_str()), column).map_err(|e| format!("field `{name}` {e}"))?;
+                out.insert(name.to_string(), value);
+            }
+            Ok(Value::Object(out))
+        }
+        DataType::List(item) => {
+            let Value::Array(items) = v else { return wrong(&v) };
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| cell(Some(x), item).map_err(|e| format!("item {i} {e}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array)
+        }
+    }
+}
+
+/// A decimal's text fits `decimal(precision, scale)` when it has at most
+/// `precision - scale` digits before the point and at most `scale` after it
+/// (a value is never rounded into a column).
+fn decimal_fits(text: &str, precision: u8, scale: u8) -> Result<(), String> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.contains(['e', 'E']) {
+        return Err(format!("`{text}` is written with an exponent; a decimal column takes plain digits"));
+    }
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{text}` is not a decimal number"));
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > usize::from(scale) {
+        return Err(format!("`{text}` has more than {scale} digits after the point of decimal({precision},{scale})"));
+    }
+    if int.len() > usize::from(precision - scale) {
+        return Err(format!("`{text}` has more than {} digits before the point of decimal({precision},{scale})", precision - scale));
+    }
+    Ok(())
+}
+
+fn describe(v: &Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 40 { format!("{}…", text.chars().take(40).collect::<String>()) } else { text }
+}
+
+fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::String => "string".into(),
+        DataType::Boolean => "boolean".into(),
+        DataType::Int32 => "int32".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::Float64 => "float64".into(),
+        DataType::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+        DataType::Date => "date".into(),
+        DataType::Timestamp => "timestamp".into(),
+        DataType::Struct(_) => "struct".into(),
+        DataType::List(_) => "list".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn col(t: DataType, required: bool) -> Column {
+        Column { data_type: t, required, description: None, classification: None, justification: None, masking: Default::default() }
+    }
+
+    #[test]
+    fn scalars_fit_or_say_why_not() {
+        assert_eq!(cell(Some(json!(7)), &col(DataType::Int32, true)), Ok(json!(7)));
+        assert!(cell(Some(json!(3_000_000_000i64)), &col(DataType::Int32, true)).is_err_and(|e| e.contains("int32")));
+        assert!(cell(Some(json!("7")), &col(DataType::Int64, false)).is_err());
+        assert_eq!(cell(None, &col(DataType::String, false)), Ok(Value::Null));
+        assert_eq!(cell(None, &col(DataType::String, true)), Err("is required but has no value".into()));
+        assert_eq!(
+            cell(Some(json!("2025-03-01T10:00:00+01:00")), &col(DataType::Timestamp, true)),
+            Ok(json!("2025-03-01T09:00:00.000000Z"))
+        );
+        assert!(cell(Some(json!("yesterday")), &col(DataType::Timestamp, true)).is_err());
+        assert!(cell(Some(json!("2025-02-30")), &col(DataType::Date, true)).is_err());
+    }
+
+    #[test]
+    fn decimals_are_never_rounded() {
+        let price = col(DataType::Decimal { precision: 6, scale: 2 }, true);
+        assert_eq!(cell(Some(json!(1234.5)), &price), Ok(json!("1234.5")));
+        assert_eq!(cell(Some(json!("-0012.50")), &price), Ok(json!("-0012.50")));
+        assert!(cell(Some(json!(1.005)), &price).is_err_and(|e| e.contains("after the point")));
+        assert!(cell(Some(json!(12345)), &price).is_err_and(|e| e.contains("before the point")));
+        assert!(cell(Some(json!("1e3")), &price).is_err_and(|e| e.contains("exponent")));
+        assert!(cell(Some(json!("12a")), &price).is_err());
+    }
+
+    #[test]
+    fn structs_and_lists_locate_the_value_that_does_not_fit() {
+        let mut fields = indexmap::IndexMap::new();
+        fields.insert(tessera_core::ColumnName::parse("city").expect("name"), col(DataType::String, true));
+        let address = col(DataType::Struct(fields), false);
+        assert_eq!(cell(Some(json!({"city": "Lyon", "extra": 1})), &address), Ok(json!({"city": "Lyon"})));
+        assert_eq!(cell(Some(json!({})), &address), Err("field `city` is required but has no value".into()));
+        let list = col(DataType::List(Box::new(col(DataType::Int64, true))), false);
+        assert_eq!(cell(Some(json!([1, 2])), &list), Ok(json!([1, 2])));
+        assert!(cell(Some(json!([1, "x"])), &list).is_err_and(|e| e.starts_with("item 1")));
+    }
+}
