@@ -19,6 +19,8 @@ use url::Url;
 pub enum Error {
     #[error("Delta table {url}: {source}")]
     Delta { url: String, source: DeltaTableError },
+    #[error("table {table} has no Delta schema: {message}")]
+    Schema { table: String, message: String },
     #[error("rows of table {table} do not fit its schema: {message}")]
     Rows { table: String, message: String },
 }
@@ -29,7 +31,7 @@ fn delta(url: &Url) -> impl FnOnce(DeltaTableError) -> Error + '_ {
 
 /// Opens the table at `url`, creating it with `schema` if there is none.
 pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<DeltaTable, Error> {
-    let kernel: StructType = schema.try_into_kernel().map_err(|e| Error::Rows { table: name.to_owned(), message: e.to_string() })?;
+    let kernel: StructType = schema.try_into_kernel().map_err(|e| Error::Schema { table: name.to_owned(), message: e.to_string() })?;
     DeltaTable::try_from_url(url.clone())
         .await
         .map_err(delta(url))?
