@@ -2,17 +2,23 @@
 //! last log position it applied (the protocol's `txn` action), and reading
 //! that position back, so that a restart resumes exactly where the data is.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::DeltaOperation;
 use deltalake::kernel::{StructType, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use tessera_core::ColumnName;
 use url::Url;
+
+use crate::fold::{Fold, KeyChange};
 
 /// What went wrong with a Delta table.
 #[derive(Debug, thiserror::Error)]
@@ -23,16 +29,26 @@ pub enum Error {
     Schema { table: String, message: String },
     #[error("rows of table {table} do not fit its schema: {message}")]
     Rows { table: String, message: String },
+    #[error("querying table {table}: {message}")]
+    Query { table: String, message: String },
 }
 
 fn delta(url: &Url) -> impl FnOnce(DeltaTableError) -> Error + '_ {
     move |source| Error::Delta { url: url.to_string(), source }
 }
 
-/// Opens the table at `url`, creating it with `schema` if there is none.
+/// Opens the table at `url`, creating it with `schema` if there is none, and
+/// adding the columns of `schema` it lacks (a minor contract version that
+/// adds columns evolves the table in place; added columns are nullable).
 pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<DeltaTable, Error> {
     let kernel: StructType = schema.try_into_kernel().map_err(|e| Error::Schema { table: name.to_owned(), message: e.to_string() })?;
-    DeltaTable::try_from_url(url.clone())
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        // Object stores have no directories; a local one must exist.
+        std::fs::create_dir_all(&path).map_err(|e| Error::Schema { table: name.to_owned(), message: format!("cannot create {}: {e}", path.display()) })?;
+    }
+    let table = DeltaTable::try_from_url(url.clone())
         .await
         .map_err(delta(url))?
         .create()
@@ -40,7 +56,23 @@ pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<De
         .with_columns(kernel.fields().cloned())
         .with_save_mode(SaveMode::Ignore)
         .await
-        .map_err(delta(url))
+        .map_err(delta(url))?;
+    let current = table.snapshot().map_err(delta(url))?.schema();
+    let missing: Vec<_> = kernel.fields().filter(|f| current.field(f.name()).is_none()).cloned().collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    if let Some(f) = missing.iter().find(|f| !f.is_nullable()) {
+        return Err(Error::Schema {
+            table: name.to_owned(),
+            message: format!(
+                "column `{}` is required but the table exists without it; a required column can only come with a new major version",
+                f.name()
+            ),
+        });
+    }
+    tracing::info!(table = name, columns = ?missing.iter().map(|f| f.name()).collect::<Vec<_>>(), "adding columns");
+    table.add_columns().with_fields(missing).await.map_err(delta(url))
 }
 
 /// The last log position committed to the table by `app_id`, if any.
@@ -58,6 +90,19 @@ pub fn batch(table: &str, schema: &Schema, rows: &[Value]) -> Result<RecordBatch
     Ok(decoder.flush().map_err(failed)?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema.clone()))))
 }
 
+/// What every commit of the projector carries: the last log position it
+/// applies, as the Delta protocol's transaction identifier of `app_id`, and
+/// the contract version, in the commit info.
+fn commit_properties(app_id: &str, position: i64, contract_version: &str) -> CommitProperties {
+    CommitProperties::default().with_application_transaction(Transaction::new(app_id, position)).with_metadata([
+        (POSITION_KEY.to_owned(), Value::from(position)),
+        ("tessera.contract_version".to_owned(), Value::from(contract_version)),
+    ])
+}
+
+/// The commit-info key under which a commit records its position.
+pub const POSITION_KEY: &str = "tessera.position";
+
 /// Appends `batch` and records, in the same commit, that the log is applied
 /// up to `position` for `app_id`.
 pub async fn append(
@@ -68,9 +113,203 @@ pub async fn append(
     position: i64,
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
-    let properties = CommitProperties::default().with_application_transaction(Transaction::new(app_id, position)).with_metadata([
-        ("tessera.position".to_owned(), Value::from(position)),
-        ("tessera.contract_version".to_owned(), Value::from(contract_version)),
-    ]);
-    table.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(properties).await.map_err(delta(url))
+    table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(commit_properties(app_id, position, contract_version))
+        .await
+        .map_err(delta(url))
+}
+
+/// Replaces the table's rows with `batches` (a derived table, or a
+/// rebuild), recording the position like [`append`].
+pub async fn overwrite(
+    table: DeltaTable,
+    url: &Url,
+    batches: Vec<RecordBatch>,
+    app_id: &str,
+    position: i64,
+    contract_version: &str,
+) -> Result<DeltaTable, Error> {
+    table
+        .write(batches)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_commit_properties(commit_properties(app_id, position, contract_version))
+        .await
+        .map_err(delta(url))
+}
+
+/// Records that the log is applied up to `position` without changing any
+/// row: a commit with only the `txn` action (for a run whose events gave a
+/// table nothing but dead letters, so that they are not read again).
+pub async fn mark(table: DeltaTable, url: &Url, app_id: &str, position: i64, contract_version: &str) -> Result<DeltaTable, Error> {
+    let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+    {
+        let snapshot = table.snapshot().map_err(delta(url))?;
+        CommitBuilder::from(commit_properties(app_id, position, contract_version))
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(delta(url))?;
+    }
+    let mut table = table;
+    table.load().await.map_err(delta(url))?;
+    Ok(table)
+}
+
+/// A DataFusion session for the projector's own queries.
+fn session() -> SessionContext {
+    SessionContext::new()
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Which of `lookups` (key text and key cells, see
+/// [`crate::rows::Upserts::lookups`]) have a row in the table.
+pub async fn existing_keys(
+    table: &DeltaTable,
+    url: &Url,
+    schema: &Schema,
+    key: &[ColumnName],
+    lookups: &[(String, Map<String, Value>)],
+) -> Result<HashSet<String>, Error> {
+    if lookups.is_empty() || table.snapshot().map_err(delta(url))?.log_data().num_files() == 0 {
+        return Ok(HashSet::new());
+    }
+    let name = url.path().rsplit('/').find(|s| !s.is_empty()).unwrap_or("table").to_owned();
+    let mut fields = Vec::new();
+    for k in key {
+        let f = schema.field_with_name(k.as_str()).map_err(|e| Error::Schema { table: name.clone(), message: e.to_string() })?;
+        fields.push(f.clone().with_nullable(true));
+    }
+    fields.push(Field::new(KEY_TEXT, DataType::Utf8, false));
+    let probe_schema = Schema::new(fields);
+    let rows: Vec<Value> = lookups
+        .iter()
+        .map(|(text, cells)| {
+            let mut row = cells.clone();
+            row.insert(KEY_TEXT.to_owned(), Value::from(text.as_str()));
+            Value::Object(row)
+        })
+        .collect();
+    let probe = batch(&name, &probe_schema, &rows)?;
+    let ctx = session();
+    let query = |e: deltalake::datafusion::error::DataFusionError| Error::Query { table: name.clone(), message: e.to_string() };
+    ctx.register_table("target", table.table_provider().await.map_err(query)?).map_err(query)?;
+    ctx.register_batch("probe", probe).map_err(query)?;
+    let on = key.iter().map(|k| format!("probe.{c} = target.{c}", c = quoted(k.as_str()))).collect::<Vec<_>>().join(" AND ");
+    let sql = format!("SELECT DISTINCT probe.{KEY_TEXT} FROM probe JOIN target ON {on}");
+    let found = ctx.sql(&sql).await.map_err(query)?.collect().await.map_err(query)?;
+    let mut out = HashSet::new();
+    for b in found {
+        let column = arrow::compute::cast(b.column(0), &DataType::Utf8)
+            .map_err(|e| Error::Query { table: name.clone(), message: e.to_string() })?;
+        if let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>() {
+            out.extend(strings.iter().flatten().map(str::to_owned));
+        }
+    }
+    Ok(out)
+}
+
+/// The probe's column holding each key as text.
+const KEY_TEXT: &str = "__tessera_key";
+/// The merge source's column saying what happens to the row.
+const OP: &str = "__tessera_op";
+/// The merge source's prefix of the columns saying whether a patch sets a column.
+const SETS: &str = "__tessera_sets_";
+
+/// Applies the net changes of a run to an upsert table as one MERGE,
+/// recording the position like [`append`]. Every row the fold creates is
+/// complete (see [`Fold`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn merge(
+    table: DeltaTable,
+    url: &Url,
+    schema: &Schema,
+    key: &[ColumnName],
+    fold: Fold,
+    app_id: &str,
+    position: i64,
+    contract_version: &str,
+) -> Result<DeltaTable, Error> {
+    let name = url.path().rsplit('/').find(|s| !s.is_empty()).unwrap_or("table").to_owned();
+    let is_key = |c: &str| key.iter().any(|k| k.as_str() == c);
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    fields.push(Field::new(OP, DataType::Utf8, false));
+    let others: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).filter(|c| !is_key(c)).collect();
+    fields.extend(others.iter().map(|c| Field::new(format!("{SETS}{c}"), DataType::Boolean, false)));
+    let source_schema = Schema::new(fields);
+
+    let mut rows = Vec::with_capacity(fold.len());
+    for (key_text, change) in fold.into_changes() {
+        let key_values: Vec<Value> = serde_json::from_str(&key_text).map_err(|e| Error::Rows { table: name.clone(), message: e.to_string() })?;
+        let (op, mut cells) = match change {
+            KeyChange::Patch(cells) => ("patch", cells),
+            KeyChange::Replace(cells) => ("replace", cells),
+            KeyChange::Delete => ("delete", Map::new()),
+        };
+        for (k, v) in key.iter().zip(key_values) {
+            cells.insert(k.to_string(), v);
+        }
+        for c in &others {
+            let sets = cells.contains_key(c);
+            cells.insert(format!("{SETS}{c}"), Value::from(sets));
+        }
+        cells.insert(OP.to_owned(), Value::from(op));
+        rows.push(Value::Object(cells));
+    }
+    let source = batch(&name, &source_schema, &rows)?;
+    let query = |e: deltalake::datafusion::error::DataFusionError| Error::Query { table: name.clone(), message: e.to_string() };
+    let source = session().read_batch(source).map_err(query)?;
+
+    let all: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let on = key.iter().map(|k| format!("target.{c} = source.{c}", c = quoted(k.as_str()))).collect::<Vec<_>>().join(" AND ");
+    let (table, metrics) = table
+        .merge(source, on.as_str())
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_commit_properties(commit_properties(app_id, position, contract_version))
+        .when_matched_delete(|d| d.predicate(format!("source.{OP} = 'delete'").as_str()))
+        .map_err(delta(url))?
+        .when_matched_update(|u| {
+            all.iter().fold(u.predicate(format!("source.{OP} = 'replace'").as_str()), |u, c| u.update(c.as_str(), format!("source.{}", quoted(c)).as_str()))
+        })
+        .map_err(delta(url))?
+        .when_matched_update(|u| {
+            others.iter().fold(u.predicate(format!("source.{OP} = 'patch'").as_str()), |u, c| {
+                let q = quoted(c);
+                u.update(c.as_str(), format!("CASE WHEN source.{SETS}{c} THEN source.{q} ELSE target.{q} END").as_str())
+            })
+        })
+        .map_err(delta(url))?
+        .when_not_matched_insert(|i| {
+            all.iter().fold(i.predicate(format!("source.{OP} <> 'delete'").as_str()), |i, c| i.set(c.as_str(), format!("source.{}", quoted(c)).as_str()))
+        })
+        .map_err(delta(url))?
+        .await
+        .map_err(delta(url))?;
+    tracing::debug!(table = %name, inserted = metrics.num_target_rows_inserted, updated = metrics.num_target_rows_updated, deleted = metrics.num_target_rows_deleted, "merged");
+    Ok(table)
+}
+
+/// What a table holds now: its version, live files, their bytes and rows.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TableStats {
+    pub version: i64,
+    pub files: usize,
+    pub bytes: i64,
+    pub rows: usize,
+}
+
+/// The statistics of the loaded version of `table`.
+pub fn stats(table: &DeltaTable, url: &Url) -> Result<TableStats, Error> {
+    let snapshot = table.snapshot().map_err(delta(url))?;
+    let mut out = TableStats { version: i64::try_from(snapshot.version()).unwrap_or(i64::MAX), ..TableStats::default() };
+    for f in snapshot.log_data().iter() {
+        out.files += 1;
+        out.bytes += f.size();
+        out.rows += f.num_records().unwrap_or(0);
+    }
+    Ok(out)
 }

@@ -20,27 +20,55 @@ pub enum KeyChange {
 }
 
 /// The changes of a run, by key, in the order keys were first touched.
+///
+/// Events are applied one by one, as if each were its own commit, so that
+/// the outcome never depends on where a run starts or ends: an event that
+/// sets some columns of a row that does not exist (yet, or any more) cannot
+/// create it when it leaves a required column empty, and is refused, in
+/// whichever run it falls.
 #[derive(Debug, Default)]
 pub struct Fold {
     changes: IndexMap<String, KeyChange>,
 }
 
+/// Whether a row existed before the run, as far as the caller knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    Exists,
+    Absent,
+    /// Not looked up: only allowed for a key whose first event in the run
+    /// is a complete set or a delete, which decide the row whatever it was.
+    Unknown,
+}
+
+/// A set that was refused: the row does not exist and the event does not
+/// give every required column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
 impl Fold {
-    /// An event that sets `columns` of the row with `key` (the key's
-    /// values as JSON text, which orders and compares like the values).
-    pub fn set(&mut self, key: String, columns: Map<String, Value>) {
+    /// An event that sets `columns` of the row with `key` (the key's values
+    /// as JSON text, which compares like the values). `complete` says
+    /// whether `columns` holds every required column, which a new row needs.
+    pub fn set(&mut self, key: String, columns: Map<String, Value>, complete: bool, before: Before) -> Result<(), Refused> {
         match self.changes.entry(key) {
             Entry::Vacant(e) => {
+                if !complete && before != Before::Exists {
+                    return Err(Refused);
+                }
                 e.insert(KeyChange::Patch(columns));
             }
             Entry::Occupied(mut e) => match e.get_mut() {
-                KeyChange::Patch(before) | KeyChange::Replace(before) => before.extend(columns),
-                deleted @ KeyChange::Delete => *deleted = KeyChange::Replace(columns),
+                KeyChange::Patch(cells) | KeyChange::Replace(cells) => cells.extend(columns),
+                deleted @ KeyChange::Delete if complete => *deleted = KeyChange::Replace(columns),
+                KeyChange::Delete => return Err(Refused),
             },
         }
+        Ok(())
     }
 
-    /// An event that deletes the row with `key`.
+    /// An event that deletes the row with `key` (deleting a row that does
+    /// not exist changes nothing).
     pub fn delete(&mut self, key: String) {
         self.changes.insert(key, KeyChange::Delete);
     }
@@ -71,17 +99,30 @@ mod tests {
     #[test]
     fn later_events_win_and_deletes_forget_the_row() {
         let mut fold = Fold::default();
-        fold.set("a".into(), cols(json!({"status": "placed", "total": 10})));
-        fold.set("b".into(), cols(json!({"status": "placed"})));
-        fold.set("a".into(), cols(json!({"status": "shipped"})));
+        let unknown = Before::Unknown;
+        fold.set("a".into(), cols(json!({"status": "placed", "total": 10})), true, unknown).expect("complete");
+        fold.set("b".into(), cols(json!({"status": "placed"})), false, Before::Exists).expect("b exists");
+        fold.set("a".into(), cols(json!({"status": "shipped"})), false, unknown).expect("a was just set");
         fold.delete("b".into());
-        fold.set("c".into(), cols(json!({"status": "placed", "total": 5})));
+        fold.set("c".into(), cols(json!({"status": "placed", "total": 5})), true, unknown).expect("complete");
         fold.delete("c".into());
-        fold.set("c".into(), cols(json!({"status": "placed"})));
+        fold.set("c".into(), cols(json!({"status": "placed"})), true, unknown).expect("complete");
         let changes = fold.into_changes();
         assert_eq!(changes["a"], KeyChange::Patch(cols(json!({"status": "shipped", "total": 10}))));
         assert_eq!(changes["b"], KeyChange::Delete);
         assert_eq!(changes["c"], KeyChange::Replace(cols(json!({"status": "placed"}))), "nothing of the deleted row survives");
         assert_eq!(changes.keys().collect::<Vec<_>>(), ["a", "b", "c"], "keys in the order first touched");
+    }
+
+    #[test]
+    fn a_row_that_does_not_exist_is_created_only_by_a_complete_set() {
+        let mut fold = Fold::default();
+        let shipped = cols(json!({"status": "shipped"}));
+        assert_eq!(fold.set("a".into(), shipped.clone(), false, Before::Absent), Err(Refused));
+        assert!(fold.is_empty(), "a refused set leaves no trace");
+        fold.set("b".into(), cols(json!({"status": "placed", "total": 1})), true, Before::Exists).expect("complete");
+        fold.delete("b".into());
+        assert_eq!(fold.set("b".into(), shipped, false, Before::Unknown), Err(Refused), "b was deleted in this run");
+        assert_eq!(fold.into_changes()["b"], KeyChange::Delete);
     }
 }

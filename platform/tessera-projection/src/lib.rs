@@ -1,16 +1,24 @@
 //! Projections: a product's event log into versioned Delta Lake tables in
 //! object storage, exactly once.
 //!
-//! What is here: the Arrow schema of a contract table (`schema`), event
-//! values checked into cells (`values`), a run of events into rows or net
-//! changes per key with dead letters for what cannot be projected (`rows`,
-//! `fold`), and Delta commits that carry the last log position they applied
-//! (`delta`). The projector that follows the log, upsert merges, derived
-//! tables, generations per major version, time travel and maintenance are
-//! being built on these (issue 4).
+//! From the bottom up: the Arrow schema of a contract table (`schema`),
+//! event values checked into cells (`values`), a run of events into rows or
+//! net changes per key with dead letters for what cannot be projected
+//! (`rows`, `fold`), Delta commits that carry the last log position they
+//! applied (`delta`), quality checks (`quality`), where tables live
+//! (`warehouse`), the projector of one product (`projector`), and the
+//! service that runs one projector per product in a server (`service`).
 
 pub mod delta;
 pub mod fold;
+pub mod projector;
+pub mod quality;
 pub mod rows;
 pub mod schema;
+pub mod service;
 pub mod values;
+pub mod warehouse;
+
+pub use projector::{Projector, RunReport, TableState};
+pub use service::{ProductProjection, Projections};
+pub use warehouse::Warehouse;

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod log;
 pub mod principals;
+pub mod projections;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ pub use envelope::{EventInput, Expected};
 pub use error::{Error, EventProblem, Result};
 pub use log::{AppendOutcome, AppendedEvent, BodyFormat, LogPage, StoredEvent};
 pub use principals::{Principal, PrincipalRecord};
+pub use projections::{DeadLetter, DeadLetterEntry, QualityResult};
 
 use compiled::Compiled;
 

@@ -47,6 +47,8 @@ use crate::{Backend, CHANNEL, Store, now_micros, rfc3339};
 pub const MAX_EVENTS_PER_REQUEST: usize = 100_000;
 /// At most this many events per read.
 pub const MAX_READ: i64 = 10_000;
+/// The most events one [`Store::log_after`] returns.
+pub const MAX_PLATFORM_READ: i64 = 100_000;
 /// See [`Store::keep_statistics_fresh`].
 const ANALYZE_EVERY: u64 = 50_000;
 /// Namespace of the advisory locks that order appends per product.
@@ -433,6 +435,43 @@ impl Store {
         let events = rows.iter().map(|r| stored_event(r, &compiled)).collect::<Result<Vec<_>>>()?;
         let next_after = events.last().map_or(after, |e| e.position);
         Ok(LogPage { events, next_after })
+    }
+
+    /// The platform's own read of a product's log (the projector's): the
+    /// events after `after` and up to `until`, oldest first, at most `limit`
+    /// (up to [`MAX_PLATFORM_READ`]), upcast to the current contract. No
+    /// principal: what is read here reaches nobody unmasked.
+    pub async fn log_after(&self, domain: &str, name: &str, after: i64, until: i64, limit: i64) -> Result<LogPage> {
+        let product = self.product_row(domain, name).await?;
+        let limit = limit.clamp(1, MAX_PLATFORM_READ);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE product_id = $1 AND position > $2 AND position <= $3{} ORDER BY position LIMIT $4",
+            self.horizon()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(after).bind(until).bind(limit).fetch_all(self.pool()).await?;
+        let compiled = self.compiled(&product).await?;
+        let events = rows.iter().map(|r| stored_event(r, &compiled)).collect::<Result<Vec<_>>>()?;
+        let next_after = events.last().map_or(after, |e| e.position);
+        Ok(LogPage { events, next_after })
+    }
+
+    /// How far behind `after` the product's log is: the events after it,
+    /// and when the oldest of them was recorded (microseconds since the
+    /// epoch), if there is one.
+    pub async fn backlog(&self, domain: &str, name: &str, after: i64) -> Result<(i64, Option<i64>)> {
+        let product = self.product_row(domain, name).await?;
+        let row = sqlx::query("SELECT COUNT(*), MIN(recorded_at) FROM events WHERE product_id = $1 AND position > $2")
+            .bind(product.id)
+            .bind(after)
+            .fetch_one(self.pool())
+            .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// The product's current contract and its version.
+    pub async fn current_contract(&self, domain: &str, name: &str) -> Result<tessera_contract::Contract> {
+        let product = self.product_row(domain, name).await?;
+        Ok(self.compiled(&product).await?.contract.clone())
     }
 
     /// One stream's events from version `from` (1 for the whole stream).

@@ -1,0 +1,208 @@
+//! What the projector keeps in the catalog database beside its Delta
+//! tables: dead letters, quality results and leases. (The position a table
+//! has applied is not here: it lives in the table's own Delta log.)
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::{Store, now_micros, rfc3339};
+
+/// An event that could not be projected into a table, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub table: String,
+    pub position: i64,
+    pub stream: String,
+    pub event_type: String,
+    pub reason: String,
+}
+
+/// A dead letter as listed: which generation it belongs to and when it was recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterEntry {
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+    pub major: i64,
+    pub recorded_at: String,
+}
+
+/// The latest result of one quality check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QualityResult {
+    pub table: String,
+    /// The check as written, e.g. `unique(order_id)`.
+    pub check: String,
+    pub passed: bool,
+    /// What was measured, e.g. `2 duplicate keys`.
+    pub detail: String,
+    /// The Delta version of the table that was checked.
+    pub table_version: i64,
+    pub checked_at: String,
+}
+
+impl Store {
+    /// Records dead letters of generation `major`; one that is already
+    /// recorded (a run retried after a crash) is kept as it was.
+    pub async fn record_dead_letters(&self, domain: &str, name: &str, major: i64, letters: &[DeadLetter]) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let product = self.product_row(domain, name).await?;
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        for chunk in letters.chunks(500) {
+            let rows = serde_json::Value::from(
+                chunk
+                    .iter()
+                    .map(|l| serde_json::json!([l.table, l.position, l.stream, l.event_type, l.reason]))
+                    .collect::<Vec<_>>(),
+            )
+            .to_string();
+            let sql = match self.backend() {
+                crate::Backend::Sqlite => {
+                    "INSERT INTO dead_letters (product_id, major, table_name, position, stream, event_type, reason, recorded_at) \
+                     SELECT $1, $2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, $3 FROM json_each($4) \
+                     WHERE true ON CONFLICT DO NOTHING"
+                }
+                crate::Backend::Postgres => {
+                    "INSERT INTO dead_letters (product_id, major, table_name, position, stream, event_type, reason, recorded_at) \
+                     SELECT $1, $2, value ->> 0, (value ->> 1)::bigint, value ->> 2, value ->> 3, value ->> 4, $3 \
+                     FROM json_array_elements($4::json) ON CONFLICT DO NOTHING"
+                }
+            };
+            sqlx::query(sql).bind(product.id).bind(major).bind(now).bind(rows).execute(&mut **tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Forgets the dead letters of generation `major` (before a rebuild
+    /// projects the whole log again).
+    pub async fn clear_dead_letters(&self, domain: &str, name: &str, major: i64) -> Result<()> {
+        let product = self.product_row(domain, name).await?;
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM dead_letters WHERE product_id = $1 AND major = $2").bind(product.id).bind(major).execute(&mut **tx).await?;
+        tx.commit().await
+    }
+
+    /// A product's dead letters, oldest event first, at most `limit`.
+    pub async fn dead_letters(&self, domain: &str, name: &str, limit: i64) -> Result<Vec<DeadLetterEntry>> {
+        let product = self.product_row(domain, name).await?;
+        let rows = sqlx::query(
+            "SELECT table_name, position, stream, event_type, reason, major, recorded_at FROM dead_letters \
+             WHERE product_id = $1 ORDER BY major, position, table_name LIMIT $2",
+        )
+        .bind(product.id)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetterEntry {
+                    letter: DeadLetter {
+                        table: r.try_get(0)?,
+                        position: r.try_get(1)?,
+                        stream: r.try_get(2)?,
+                        event_type: r.try_get(3)?,
+                        reason: r.try_get(4)?,
+                    },
+                    major: r.try_get(5)?,
+                    recorded_at: rfc3339(r.try_get(6)?),
+                })
+            })
+            .collect()
+    }
+
+    /// How many dead letters each table of generation `major` has.
+    pub async fn dead_letter_counts(&self, domain: &str, name: &str, major: i64) -> Result<Vec<(String, i64)>> {
+        let product = self.product_row(domain, name).await?;
+        let rows = sqlx::query(
+            "SELECT table_name, COUNT(*) FROM dead_letters WHERE product_id = $1 AND major = $2 GROUP BY table_name ORDER BY table_name",
+        )
+        .bind(product.id)
+        .bind(major)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Stores the latest results of a table's quality checks.
+    pub async fn record_quality(&self, domain: &str, name: &str, major: i64, results: &[QualityResult]) -> Result<()> {
+        let product = self.product_row(domain, name).await?;
+        let mut tx = self.begin_write().await?;
+        for q in results {
+            sqlx::query(
+                "INSERT INTO quality_results (product_id, major, table_name, check_name, passed, detail, table_version, checked_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (product_id, major, table_name, check_name) DO UPDATE SET \
+                 passed = excluded.passed, detail = excluded.detail, table_version = excluded.table_version, checked_at = excluded.checked_at",
+            )
+            .bind(product.id)
+            .bind(major)
+            .bind(&q.table)
+            .bind(&q.check)
+            .bind(i64::from(q.passed))
+            .bind(&q.detail)
+            .bind(q.table_version)
+            .bind(now_micros())
+            .execute(&mut **tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// The latest quality results of generation `major` of a product.
+    pub async fn quality(&self, domain: &str, name: &str, major: i64) -> Result<Vec<QualityResult>> {
+        let product = self.product_row(domain, name).await?;
+        let rows = sqlx::query(
+            "SELECT table_name, check_name, passed, detail, table_version, checked_at FROM quality_results \
+             WHERE product_id = $1 AND major = $2 ORDER BY table_name, check_name",
+        )
+        .bind(product.id)
+        .bind(major)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QualityResult {
+                    table: r.try_get(0)?,
+                    check: r.try_get(1)?,
+                    passed: r.try_get::<i64, _>(2)? != 0,
+                    detail: r.try_get(3)?,
+                    table_version: r.try_get(4)?,
+                    checked_at: rfc3339(r.try_get(5)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now;
+    /// `false` if another holder has it and has not let it expire.
+    pub async fn try_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        let now = now_micros();
+        let until = now.saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX));
+        let mut tx = self.begin_write().await?;
+        let taken = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(taken)
+    }
+
+    /// Gives up the lease `name` if `holder` has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(&mut **tx).await?;
+        tx.commit().await
+    }
+}
