@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use tessera_server::config::Config;
+use tessera_projection::Projections;
 use tessera_server::{AppState, demo};
 use tessera_store::Store;
 
@@ -88,7 +89,21 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
         println!("demo loaded in {:.1} s", started.elapsed().as_secs_f64());
     }
 
-    let state = AppState::new(store.clone(), config.max_body_bytes).await?;
+    let warehouse = config.warehouse().map_err(anyhow::Error::msg)?;
+    tracing::info!(warehouse = %warehouse.root(), "projecting into the warehouse");
+    let projections = Projections::start(store.clone(), warehouse);
+    if with_demo {
+        let started = std::time::Instant::now();
+        for p in store.products().await? {
+            let head = store.head(&p.domain, &p.name).await?;
+            if !projections.wait_for(&p.domain, &p.name, head, std::time::Duration::from_secs(600)).await {
+                let error = projections.product(&p.domain, &p.name).and_then(|s| s.error).unwrap_or_else(|| "timed out".into());
+                anyhow::bail!("projecting {}/{} failed: {error}", p.domain, p.name);
+            }
+        }
+        println!("demo projected in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    let state = AppState::new(store.clone(), config.max_body_bytes).await?.with_projections(projections.clone());
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     if with_demo {
@@ -102,6 +117,7 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
     // Last, so that whoever waits for this line finds everything above it.
     println!("Tessera is serving at http://{address}");
     tessera_server::serve(listener, state, shutdown_signal()).await?;
+    drop(projections);
     store.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@
 //! data_dir = ".tessera"
 //! # database_url = "postgres://tessera@db.internal/tessera"
 //! max_body_bytes = 67108864
+//! # warehouse = "s3://bucket/prefix"   # default: <data_dir>/warehouse
 //!
 //! [[principals]]
 //! name = "sales-bot"
@@ -15,7 +16,8 @@
 //! ```
 //!
 //! Environment: `TESSERA_LISTEN`, `TESSERA_DATA_DIR`, `TESSERA_DATABASE_URL`,
-//! `TESSERA_MAX_BODY_BYTES`.
+//! `TESSERA_MAX_BODY_BYTES`, `TESSERA_WAREHOUSE`. S3 credentials and endpoint come
+//! from the standard `AWS_*` environment variables.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,10 @@ pub struct Config {
     pub database_url: Option<String>,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Where the tables live: a directory (relative to the working
+    /// directory) or a URL such as `s3://bucket/prefix`. `None`:
+    /// `<data_dir>/warehouse`.
+    pub warehouse: Option<String>,
     /// A governance policy file replacing the built-in `contracts/policies.yaml`.
     pub policy: Option<PathBuf>,
     pub principals: Vec<PrincipalConfig>,
@@ -49,6 +55,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".tessera"),
             database_url: None,
             max_body_bytes: 64 * 1024 * 1024,
+            warehouse: None,
             policy: None,
             principals: Vec::new(),
         }
@@ -80,13 +87,21 @@ impl Config {
             None if Path::new("tessera.toml").exists() => figment = figment.merge(Toml::file_exact("tessera.toml")),
             None => {}
         }
-        figment = figment.merge(Env::prefixed("TESSERA_").only(&["listen", "data_dir", "database_url", "max_body_bytes", "policy"]));
+        figment = figment.merge(Env::prefixed("TESSERA_").only(&["listen", "data_dir", "database_url", "max_body_bytes", "policy", "warehouse"]));
         figment.extract().map_err(|e| format!("invalid configuration: {e}"))
     }
 
     /// The database URL: configured, or the embedded SQLite file.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| tessera_store::db::sqlite_url(&self.data_dir))
+    }
+
+    /// The warehouse: configured, or `<data_dir>/warehouse`.
+    pub fn warehouse(&self) -> Result<tessera_projection::Warehouse, String> {
+        match &self.warehouse {
+            Some(location) => tessera_projection::Warehouse::parse(location, Path::new(".")),
+            None => tessera_projection::Warehouse::parse("warehouse", &self.data_dir),
+        }
     }
 
     /// The configured principals, with their tokens hashed.

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod projection;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -35,13 +36,21 @@ pub struct AppState {
     /// Principals by token hash.
     principals: Arc<RwLock<HashMap<String, Principal>>>,
     pub max_body_bytes: usize,
+    /// The projectors of this process, when it runs them.
+    pub projections: Option<tessera_projection::Projections>,
 }
 
 impl AppState {
     pub async fn new(store: Store, max_body_bytes: usize) -> Result<Self, tessera_store::Error> {
-        let state = Self { store, principals: Arc::default(), max_body_bytes };
+        let state = Self { store, principals: Arc::default(), max_body_bytes, projections: None };
         state.reload_principals().await?;
         Ok(state)
+    }
+
+    /// Serves the state of these projectors too.
+    pub fn with_projections(mut self, projections: tessera_projection::Projections) -> Self {
+        self.projections = Some(projections);
+        self
     }
 
     /// Re-reads the principals from the catalog.
@@ -107,9 +116,11 @@ pub fn router(state: AppState) -> Router {
         .route("/products/{domain}/{name}", get(product))
         .route("/products/{domain}/{name}/versions/{version}", get(contract_version))
         .route("/products/{domain}/{name}/events", get(read_log).post(append))
-        .route("/products/{domain}/{name}/streams/{stream}", get(read_stream));
+        .route("/products/{domain}/{name}/streams/{stream}", get(read_stream))
+        .route("/products/{domain}/{name}/dead-letters", get(dead_letters));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -205,11 +216,56 @@ async fn publish(State(state): State<AppState>, Caller(caller): Caller, headers:
     Ok((status, Json(published)).into_response())
 }
 
-async fn product(State(state): State<AppState>, ApiPath((domain, name)): ApiPath<(String, String)>) -> Result<Json<Value>, ApiError> {
+async fn product(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath((domain, name)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let summary = state.store.product(&domain, &name).await?;
     let versions = state.store.versions(&domain, &name).await?;
     let head = state.store.head(&domain, &name).await?;
-    Ok(Json(json!({ "product": summary, "versions": versions, "head_position": head })))
+    let projection = match &state.projections {
+        Some(p) => projection::view(&state.store, p, &domain, &name, caller.is_member_of(&domain)).await?,
+        None => None,
+    };
+    Ok(Json(json!({ "product": summary, "versions": versions, "head_position": head, "projection": projection })))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLetterQuery {
+    limit: Option<i64>,
+}
+
+/// The events that could not be projected, and why. Reasons quote event
+/// values, so only the product's domain reads them.
+async fn dead_letters(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath((domain, name)): ApiPath<(String, String)>,
+    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; use ?limit=<1..10000>")))?;
+    state.store.product(&domain, &name).await?;
+    if caller.is_public() {
+        return Err(tessera_store::Error::Unauthenticated("dead letters need a token: send `Authorization: Bearer <token>`".into()).into());
+    }
+    if !caller.is_member_of(&domain) {
+        return Err(tessera_store::Error::Forbidden(format!(
+            "the dead letters of {domain}/{name} quote event values and are readable by members of domain `{domain}` only"
+        ))
+        .into());
+    }
+    let letters = state.store.dead_letters(&domain, &name, q.limit.unwrap_or(1000)).await?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+/// Prometheus metrics: every table's projection lag, size and quality.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let body = match &state.projections {
+        Some(p) => projection::metrics(&state.store, p).await?,
+        None => String::new(),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
 }
 
 async fn contract_version(

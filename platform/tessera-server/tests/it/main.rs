@@ -3,6 +3,7 @@
 #![allow(clippy::print_stderr)] // Tests say what they skipped.
 
 mod api;
+mod projection;
 mod support;
 
 /// Declares `mod $name { sqlite, postgres }`, each running `$name(&server)`.

@@ -21,6 +21,7 @@ pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
     pub store: Store,
+    pub projections: tessera_projection::Projections,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     postgres: Option<(String, String)>,
@@ -71,14 +72,16 @@ impl TestServer {
             )
             .await
             .expect("principals");
-        let state = AppState::new(store.clone(), BODY_LIMIT).await.expect("state");
+        let warehouse = tessera_projection::Warehouse::parse("warehouse", dir.path()).expect("warehouse");
+        let projections = tessera_projection::Projections::start(store.clone(), warehouse);
+        let state = AppState::new(store.clone(), BODY_LIMIT).await.expect("state").with_projections(projections.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(tessera_server::serve(listener, state, async {
             let _ = rx.await;
         }));
-        Some(Self { base, http: reqwest::Client::new(), store, shutdown: Some(tx), task, postgres: pg, _dir: dir })
+        Some(Self { base, http: reqwest::Client::new(), store, projections, shutdown: Some(tx), task, postgres: pg, _dir: dir })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -126,12 +129,30 @@ impl TestServer {
         sqlx::query("SELECT COUNT(*) FROM events").fetch_one(self.store.pool()).await.expect("count").try_get(0).expect("count")
     }
 
+    /// Waits (up to a minute) until the product's projection has applied
+    /// `position` in every table, and returns the product as the API shows it.
+    pub async fn projected(&self, product: &str, position: i64) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get(&format!("/api/v1/products/{product}"), Some(SALES)).await;
+            assert_eq!(status, 200, "{body}");
+            let p = &body["projection"];
+            let tables = p["tables"].as_array().map(|t| t.as_slice()).unwrap_or_default();
+            if !tables.is_empty() && tables.iter().all(|t| t["applied_position"].as_i64() >= Some(position)) {
+                return body;
+            }
+            assert!(std::time::Instant::now() < deadline, "not projected up to {position} within a minute: {p:#}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops gracefully and drops the database.
     pub async fn finish(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         self.task.await.expect("server task").expect("served until shutdown");
+        drop(self.projections);
         self.store.close().await;
         if let Some((admin, name)) = self.postgres.take() {
             let mut conn = sqlx::PgConnection::connect(&admin).await.expect("admin");

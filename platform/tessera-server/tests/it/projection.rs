@@ -1,0 +1,88 @@
+//! Projection through the server: events appended over HTTP become table
+//! rows, and the API and `/metrics` tell how far each table is.
+
+use serde_json::{Value, json};
+
+use crate::on_both;
+use crate::support::{ANALYST, ORDER_EVENTS, ORDERS, SALES, TestServer};
+
+on_both!(appended_events_become_tables_with_lag_and_quality_in_the_api, dead_letters_are_listed_to_the_domain_only);
+
+fn table<'a>(product: &'a Value, name: &str) -> &'a Value {
+    product["projection"]["tables"].as_array().and_then(|t| t.iter().find(|t| t["name"] == name)).unwrap_or(&Value::Null)
+}
+
+async fn appended_events_become_tables_with_lag_and_quality_in_the_api(s: &TestServer) {
+    assert_eq!(s.publish(Some(SALES), ORDERS).await.0, 201);
+    let (status, body) = s.append(Some(SALES), "sales/orders", "application/x-ndjson", ORDER_EVENTS).await;
+    assert_eq!(status, 201, "{body}");
+    let head = body["last_position"].as_i64().expect("position");
+    let lines = ORDER_EVENTS.lines().filter(|l| l.contains("\"OrderLineAdded\"")).count();
+
+    let product = s.projected("sales/orders", head).await;
+    let p = &product["projection"];
+    assert_eq!(p["state"], "running", "{p:#}");
+    assert_eq!((p["lag_events"].as_i64(), p["degraded"].as_bool(), &p["error"]), (Some(0), Some(false), &Value::Null), "{p:#}");
+    assert_eq!(p["generation"], "v1");
+    let order_lines = table(&product, "order_lines");
+    assert_eq!(order_lines["rows"].as_u64(), Some(lines as u64), "{order_lines:#}");
+    assert_eq!(order_lines["kind"], "append");
+    assert!(order_lines["files"].as_u64() >= Some(1) && order_lines["bytes"].as_i64() > Some(0), "{order_lines:#}");
+    assert!(order_lines["location"].as_str().is_some_and(|l| l.ends_with("/sales/orders/v1/order_lines")), "{order_lines:#}");
+    assert!(order_lines["last_commit_at"].is_string());
+    let orders = table(&product, "orders");
+    let checks = orders["quality"].as_array().expect("quality results");
+    assert!(checks.len() >= 5 && checks.iter().all(|q| q["passed"] == true), "{orders:#}");
+    assert!(table(&product, "daily_revenue")["rows"].as_u64() > Some(0));
+
+    // Storage locations are the domain's business.
+    for token in [Some(ANALYST), None] {
+        let (_, seen) = s.get("/api/v1/products/sales/orders", token).await;
+        assert_eq!(table(&seen, "order_lines")["location"], Value::Null, "{token:?}");
+        assert_eq!(table(&seen, "order_lines")["rows"], order_lines["rows"]);
+    }
+
+    let metrics = s.http.get(s.url("/metrics")).send().await.expect("metrics");
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.expect("text");
+    let labels = |t: &str| format!("{{domain=\"sales\",product=\"orders\",table=\"{t}\"}}");
+    assert!(text.contains(&format!("tessera_projection_lag_events{} 0", labels("orders"))), "{text}");
+    assert!(text.contains(&format!("tessera_table_rows{} {lines}", labels("order_lines"))), "{text}");
+    assert!(text.contains("tessera_quality_check_passed{domain=\"sales\",product=\"orders\",table=\"orders\",check=\"unique(order_id)\"} 1"), "{text}");
+    assert!(text.contains("tessera_projection_lag_seconds"), "{text}");
+
+    // More events: the projector wakes and applies them.
+    let more = json!({"stream": "ORD-NEW", "type": "OrderPlaced", "schema_version": 2, "payload": {
+        "order_id": "ORD-NEW", "customer": {"id": "CUS-1", "email": "ada@example.com"},
+        "placed_at": "2026-02-01T10:00:00Z", "currency": "EUR", "total": 12.5}});
+    let (status, body) = s.append(Some(SALES), "sales/orders", "application/json", json!([more]).to_string()).await;
+    assert_eq!(status, 201, "{body}");
+    let product = s.projected("sales/orders", body["last_position"].as_i64().expect("position")).await;
+    assert_eq!(table(&product, "orders")["rows"].as_u64(), orders["rows"].as_u64().map(|n| n + 1));
+    assert!(table(&product, "orders")["version"].as_i64() > orders["version"].as_i64());
+}
+
+async fn dead_letters_are_listed_to_the_domain_only(s: &TestServer) {
+    assert_eq!(s.publish(Some(SALES), ORDERS).await.0, 201);
+    let shipped = json!({"stream": "ORD-GHOST", "type": "OrderShipped", "schema_version": 1,
+        "payload": {"order_id": "ORD-GHOST", "shipped_at": "2026-02-01T10:00:00Z"}});
+    let (status, body) = s.append(Some(SALES), "sales/orders", "application/json", json!([shipped]).to_string()).await;
+    assert_eq!(status, 201, "{body}");
+    let position = body["last_position"].as_i64().expect("position");
+    let product = s.projected("sales/orders", position).await;
+    assert_eq!(table(&product, "orders")["dead_letters"], 1, "{product:#}");
+    assert_eq!(table(&product, "orders")["rows"], 0);
+
+    let (status, body) = s.get("/api/v1/products/sales/orders/dead-letters", Some(SALES)).await;
+    assert_eq!(status, 200, "{body}");
+    let letters = body["dead_letters"].as_array().expect("list");
+    assert_eq!(letters.len(), 1, "{body:#}");
+    assert_eq!((letters[0]["table"].as_str(), letters[0]["position"].as_i64()), (Some("orders"), Some(position)));
+    assert!(letters[0]["reason"].as_str().is_some_and(|r| r.contains("ORD-GHOST")), "{body:#}");
+
+    assert_eq!(s.get("/api/v1/products/sales/orders/dead-letters", Some(ANALYST)).await.0, 403);
+    assert_eq!(s.get("/api/v1/products/sales/orders/dead-letters", None).await.0, 401);
+    assert_eq!(s.get("/api/v1/products/sales/nope/dead-letters", Some(SALES)).await.0, 404);
+    let metrics = s.http.get(s.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("tessera_projection_dead_letters{domain=\"sales\",product=\"orders\",table=\"orders\"} 1"), "{metrics}");
+}
