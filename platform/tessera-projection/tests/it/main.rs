@@ -1,6 +1,7 @@
 //! Delta tables in a local directory: create, append with the applied
 //! position, reopen and resume, read back through DataFusion.
 
+mod duckdb;
 mod projector;
 
 use arrow::datatypes::{DataType, Field, Schema};

@@ -12,11 +12,11 @@ use tessera_contract::{Policy, Role};
 use tessera_projection::{Projector, Warehouse};
 use tessera_store::{BodyFormat, Principal, Store};
 
-fn repo() -> &'static Path {
+pub fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-fn owner(domain: &str) -> Principal {
+pub fn owner(domain: &str) -> Principal {
     Principal { name: format!("{domain}-owner"), roles: vec![Role::Owner], domains: vec![domain.into()] }
 }
 
