@@ -5,12 +5,14 @@
 //! event values checked into cells (`values`), a run of events into rows or
 //! net changes per key with dead letters for what cannot be projected
 //! (`rows`, `fold`), Delta commits that carry the last log position they
-//! applied (`delta`), quality checks (`quality`), where tables live
+//! applied (`delta`), time travel by version, time and log position
+//! (`history`), quality checks (`quality`), where tables live
 //! (`warehouse`), the projector of one product (`projector`), and the
 //! service that runs one projector per product in a server (`service`).
 
 pub mod delta;
 pub mod fold;
+pub mod history;
 pub mod projector;
 pub mod quality;
 pub mod rows;

@@ -364,7 +364,7 @@ async fn derive(generation: &mut Generation, moved: &HashSet<String>) -> Result<
 
 /// A query's batches in the table's schema: its columns by name, cast to
 /// the column types; a required column with nulls is an error.
-fn conform(schema: &Schema, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
+pub(crate) fn conform(schema: &Schema, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
     let target = Arc::new(schema.clone());
     let mut out = Vec::with_capacity(batches.len().max(1));
     for b in batches {

@@ -28,7 +28,7 @@ fn python() -> Option<PathBuf> {
 
 /// Rows as sorted text, each column cast to `schema`'s type first, so that
 /// two readers' choices of Arrow types (string views, say) do not matter.
-async fn rows(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
+pub async fn rows(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
     let mut out = Vec::new();
     for b in batches {
         let columns: Vec<_> = schema

@@ -2,6 +2,7 @@
 //! position, reopen and resume, read back through DataFusion.
 
 mod duckdb;
+mod history;
 mod projector;
 
 use arrow::datatypes::{DataType, Field, Schema};

@@ -20,7 +20,7 @@ pub fn owner(domain: &str) -> Principal {
     Principal { name: format!("{domain}-owner"), roles: vec![Role::Owner], domains: vec![domain.into()] }
 }
 
-async fn store_with(dir: &Path, product: &str) -> Store {
+pub async fn store_with(dir: &Path, product: &str) -> Store {
     let store = Store::open(&tessera_store::db::sqlite_url(dir), Policy::builtin()).await.expect("store");
     let contract = std::fs::read_to_string(repo().join(format!("products/{product}/contract.yaml"))).expect("contract");
     let domain = product.split('-').next().expect("domain");
@@ -107,7 +107,7 @@ fn event(order: &str, kind: &str, payload: Value) -> Value {
 /// A random but valid history over a handful of orders: placed (again),
 /// shipped, cancelled, erased, lines added; some events touch orders that
 /// do not exist (dead letters).
-fn random_history(rng: &mut fastrand::Rng, n: usize) -> Vec<Value> {
+pub fn random_history(rng: &mut fastrand::Rng, n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| {
             let order = format!("ORD-{}", rng.usize(0..6));
@@ -126,7 +126,7 @@ fn random_history(rng: &mut fastrand::Rng, n: usize) -> Vec<Value> {
         .collect()
 }
 
-fn ndjson(events: &[Value]) -> Vec<u8> {
+pub fn ndjson(events: &[Value]) -> Vec<u8> {
     events.iter().map(|e| format!("{e}\n")).collect::<String>().into_bytes()
 }
 
