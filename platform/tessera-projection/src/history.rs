@@ -158,6 +158,48 @@ pub async fn at_position(
     }
 }
 
+/// One stream's rows in each table, as they were when the log ended at
+/// `position`: for an upsert table, the rows of the keys its events touch;
+/// for an append table, the rows its events appended. Derived tables hold
+/// no entity's rows and are left out.
+pub async fn stream_state(
+    store: &Store,
+    warehouse: &Warehouse,
+    contract: &Contract,
+    stream: &str,
+    position: i64,
+) -> Result<IndexMap<String, Vec<Map<String, Value>>>, Error> {
+    let (domain, name) = (contract.domain.as_str(), contract.name.as_str());
+    let events = store.stream_until(domain, name, stream, position).await?;
+    let mut out = IndexMap::new();
+    for (table, spec) in &contract.tables {
+        let schema = table_schema(spec);
+        let rows = match &spec.projection {
+            Projection::Sql { .. } => continue,
+            Projection::Append { .. } => {
+                let (rows, _) = append_rows(table.as_str(), spec, &events);
+                let batch = delta::batch(table.as_str(), &schema, &rows)?;
+                json_rows(table.as_str(), &schema, &[batch])?
+            }
+            Projection::Upsert { key, .. } => {
+                let keys = Upserts::prepare(table.as_str(), spec, &events).keys();
+                if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    let batches = at_position(store, warehouse, contract, table.as_str(), position).await?;
+                    keyed(table.as_str(), spec, &schema, key, &batches)?.into_iter().filter(|(k, _)| keys.contains(k)).map(|(_, r)| r).collect()
+                }
+            }
+        };
+        let rows = rows
+            .into_iter()
+            .map(|mut r| schema.fields().iter().map(|f| (f.name().clone(), r.remove(f.name()).unwrap_or(Value::Null))).collect())
+            .collect();
+        out.insert(table.to_string(), rows);
+    }
+    Ok(out)
+}
+
 /// The product's events after `after` up to `until`, upcast.
 pub async fn events_between(store: &Store, domain: &str, name: &str, after: i64, until: i64) -> Result<Vec<StoredEvent>, Error> {
     let mut out = Vec::new();

@@ -123,6 +123,11 @@ impl Upserts {
         out
     }
 
+    /// Every key the run touches, as key text.
+    pub fn keys(&self) -> HashSet<String> {
+        self.items.iter().map(|i| i.key.clone()).collect()
+    }
+
     /// Folds the run into net changes per key, given which of the looked-up
     /// keys (see [`Upserts::lookups`]) have a row.
     pub fn fold(self, existing: &HashSet<String>) -> (Fold, Vec<DeadLetter>) {

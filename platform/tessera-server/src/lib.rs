@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/products/{domain}/{name}/versions/{version}", get(contract_version))
         .route("/products/{domain}/{name}/events", get(read_log).post(append))
         .route("/products/{domain}/{name}/streams/{stream}", get(read_stream))
+        .route("/products/{domain}/{name}/streams/{stream}/state", get(stream_state))
         .route("/products/{domain}/{name}/dead-letters", get(dead_letters));
     Router::new()
         .route("/healthz", get(healthz))
@@ -257,6 +258,60 @@ async fn dead_letters(
     }
     let letters = state.store.dead_letters(&domain, &name, q.limit.unwrap_or(1000)).await?;
     Ok(Json(json!({ "dead_letters": letters })))
+}
+
+#[derive(Debug, Deserialize)]
+struct StateQuery {
+    as_of: Option<String>,
+}
+
+/// One entity (stream) as it was: its rows in each table at a log position
+/// or a time (`?as_of=`), the newest by default. Rows are unmasked, so only
+/// the product's domain reads them here.
+async fn stream_state(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath((domain, name, stream)): ApiPath<(String, String, String)>,
+    query: Result<Query<StateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let usage = "use ?as_of=<log position> or ?as_of=<RFC 3339 time>, e.g. 2026-01-31T23:59:59Z";
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; {usage}")))?;
+    state.store.product(&domain, &name).await?;
+    if caller.is_public() {
+        return Err(tessera_store::Error::Unauthenticated("an entity's state needs a token: send `Authorization: Bearer <token>`".into()).into());
+    }
+    if !caller.is_member_of(&domain) {
+        return Err(tessera_store::Error::Forbidden(format!(
+            "an entity's unmasked state is readable by members of domain `{domain}` only; query the product's tables instead"
+        ))
+        .into());
+    }
+    let Some(projections) = &state.projections else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "projection_off", "this server does not run projections"));
+    };
+    let head = state.store.head(&domain, &name).await?;
+    let position = match q.as_of.as_deref().map(str::trim) {
+        None | Some("") => head,
+        Some(text) => match text.parse::<i64>() {
+            Ok(p) if p >= 0 => p.min(head),
+            Ok(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_as_of", format!("a position is 0 or more; {usage}"))),
+            Err(_) => match chrono::DateTime::parse_from_rfc3339(text) {
+                Ok(t) => state.store.position_at(&domain, &name, t.timestamp_micros()).await?,
+                Err(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_as_of",
+                        format!("`{text}` is neither a log position nor an RFC 3339 time ({e}); {usage}"),
+                    ));
+                }
+            },
+        },
+    };
+    let contract = state.store.current_contract(&domain, &name).await?;
+    let tables = tessera_projection::history::stream_state(&state.store, projections.warehouse(), &contract, &stream, position)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "projection_error", e.to_string()))?;
+    Ok(Json(json!({ "stream": stream, "as_of_position": position, "contract_version": contract.version.to_string(), "tables": tables })))
 }
 
 /// Prometheus metrics: every table's projection lag, size and quality.

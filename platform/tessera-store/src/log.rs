@@ -468,6 +468,32 @@ impl Store {
         Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
+    /// The platform's own read of one stream: its events up to log
+    /// position `until`, oldest first (at most [`MAX_PLATFORM_READ`]).
+    pub async fn stream_until(&self, domain: &str, name: &str, stream: &str, until: i64) -> Result<Vec<StoredEvent>> {
+        let product = self.product_row(domain, name).await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE product_id = $1 AND stream = $2 AND position <= $3 ORDER BY position LIMIT $4"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(product.id)
+            .bind(stream)
+            .bind(until)
+            .bind(MAX_PLATFORM_READ)
+            .fetch_all(self.pool())
+            .await?;
+        let compiled = self.compiled(&product).await?;
+        rows.iter().map(|r| stored_event(r, &compiled)).collect()
+    }
+
+    /// The position of the product's last event recorded at or before
+    /// `micros` (microseconds since the epoch); 0 if there is none.
+    pub async fn position_at(&self, domain: &str, name: &str, micros: i64) -> Result<i64> {
+        let product = self.product_row(domain, name).await?;
+        let sql = format!("SELECT COALESCE(MAX(position), 0) FROM events WHERE product_id = $1 AND recorded_at <= $2{}", self.horizon());
+        Ok(sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(micros).fetch_one(self.pool()).await?.try_get(0)?)
+    }
+
     /// The product's current contract and its version.
     pub async fn current_contract(&self, domain: &str, name: &str) -> Result<tessera_contract::Contract> {
         let product = self.product_row(domain, name).await?;

@@ -6,7 +6,11 @@ use serde_json::{Value, json};
 use crate::on_both;
 use crate::support::{ANALYST, ORDER_EVENTS, ORDERS, SALES, TestServer};
 
-on_both!(appended_events_become_tables_with_lag_and_quality_in_the_api, dead_letters_are_listed_to_the_domain_only);
+on_both!(
+    appended_events_become_tables_with_lag_and_quality_in_the_api,
+    dead_letters_are_listed_to_the_domain_only,
+    an_entity_as_it_was_at_a_position_or_a_time
+);
 
 fn table<'a>(product: &'a Value, name: &str) -> &'a Value {
     product["projection"]["tables"].as_array().and_then(|t| t.iter().find(|t| t["name"] == name)).unwrap_or(&Value::Null)
@@ -85,4 +89,52 @@ async fn dead_letters_are_listed_to_the_domain_only(s: &TestServer) {
     assert_eq!(s.get("/api/v1/products/sales/nope/dead-letters", Some(SALES)).await.0, 404);
     let metrics = s.http.get(s.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("tessera_projection_dead_letters{domain=\"sales\",product=\"orders\",table=\"orders\"} 1"), "{metrics}");
+}
+
+async fn an_entity_as_it_was_at_a_position_or_a_time(s: &TestServer) {
+    assert_eq!(s.publish(Some(SALES), ORDERS).await.0, 201);
+    let placed = json!({"stream": "ORD-T", "type": "OrderPlaced", "schema_version": 2, "payload": {
+        "order_id": "ORD-T", "customer": {"id": "CUS-1", "email": "ada@example.com"},
+        "placed_at": "2026-02-01T10:00:00Z", "currency": "EUR", "total": 12.5}});
+    let line = json!({"stream": "ORD-T", "type": "OrderLineAdded", "schema_version": 1,
+        "payload": {"order_id": "ORD-T", "line_no": 1, "sku": "SKU-1", "quantity": 2, "unit_price": 6.25}});
+    let other = json!({"stream": "ORD-U", "type": "OrderPlaced", "schema_version": 2, "payload": {
+        "order_id": "ORD-U", "customer": {"id": "CUS-2", "email": "bo@example.com"},
+        "placed_at": "2026-02-01T11:00:00Z", "currency": "EUR", "total": 3}});
+    let (_, first) = s.append(Some(SALES), "sales/orders", "application/json", json!([placed, line, other]).to_string()).await;
+    let placed_at = first["last_position"].as_i64().expect("position");
+    s.projected("sales/orders", placed_at).await;
+    let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let shipped = json!({"stream": "ORD-T", "type": "OrderShipped", "schema_version": 1,
+        "payload": {"order_id": "ORD-T", "shipped_at": "2026-02-02T09:00:00Z"}});
+    let (_, second) = s.append(Some(SALES), "sales/orders", "application/json", json!([shipped]).to_string()).await;
+    s.projected("sales/orders", second["last_position"].as_i64().expect("position")).await;
+
+    let state = |as_of: &str| {
+        let path = format!("/api/v1/products/sales/orders/streams/ORD-T/state{as_of}");
+        async move { s.get(&path, Some(SALES)).await }
+    };
+    let (status, now) = state("").await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(now["tables"]["orders"].as_array().map(Vec::len), Some(1), "{now:#}");
+    assert_eq!(now["tables"]["orders"][0]["status"], "shipped");
+    assert_eq!(now["tables"]["order_lines"][0]["quantity"], 2);
+    assert!(now["tables"].get("daily_revenue").is_none(), "derived tables hold no entity");
+
+    for as_of in [format!("?as_of={placed_at}"), format!("?as_of={between}")] {
+        let (status, then) = state(&as_of).await;
+        assert_eq!(status, 200, "{then}");
+        assert_eq!(then["as_of_position"], placed_at, "{as_of}");
+        assert_eq!(then["tables"]["orders"][0]["status"], "placed", "{as_of}: {then:#}");
+        assert_eq!(then["tables"]["orders"][0]["shipped_at"], Value::Null);
+        assert_eq!(then["tables"]["orders"][0]["customer_email"], "ada@example.com");
+    }
+    let (_, before) = state("?as_of=0").await;
+    assert_eq!(before["tables"]["orders"], json!([]), "{before:#}");
+
+    let (status, body) = state("?as_of=yesterday").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_as_of")), "{body}");
+    assert_eq!(s.get("/api/v1/products/sales/orders/streams/ORD-T/state", Some(ANALYST)).await.0, 403);
+    assert_eq!(s.get("/api/v1/products/sales/orders/streams/ORD-T/state", None).await.0, 401);
 }
