@@ -1,4 +1,5 @@
-//! `tessera publish` and `tessera append`: clients of a running server.
+//! `tessera publish`, `append`, `rebuild`, `compact` and `vacuum`: clients of
+//! a running server.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -192,4 +193,69 @@ fn shift_lines(body: &str, offset: usize) -> String {
         errors.iter_mut().for_each(shift);
     }
     v.to_string()
+}
+
+/// Asks the server to run `kind` (rebuild, compact, vacuum) on a product's
+/// tables and follows it to the end, with a progress bar for a rebuild.
+pub fn projection_command(kind: &str, product: &str, remote: &Remote) -> Result<ExitCode> {
+    let Some((domain, name)) = product.split_once('/') else {
+        bail!("name the product as DOMAIN/NAME, e.g. sales/orders");
+    };
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        let path = format!("/api/v1/products/{domain}/{name}/commands");
+        let response = remote
+            .request(&client, reqwest::Method::POST, &path)
+            .json(&serde_json::json!({ "kind": kind }))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", remote.server))?;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            eprintln!("{product}: {}", render_error(status, &body));
+            return Ok(ExitCode::from(1));
+        }
+        let id = serde_json::from_str::<Value>(&body)?["id"].as_i64().context("the server's answer has no command id")?;
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("{kind} {product}: waiting for its projector"));
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let response = remote.request(&client, reqwest::Method::GET, &format!("{path}/{id}")).send().await?;
+            let status = response.status();
+            let body = response.text().await?;
+            if !status.is_success() {
+                bar.abandon();
+                eprintln!("{product}: {}", render_error(status, &body));
+                return Ok(ExitCode::from(1));
+            }
+            let command: Value = serde_json::from_str(&body)?;
+            let target = command["target"].as_i64().unwrap_or(0).max(0) as u64;
+            let reached = command["progress"].as_i64().unwrap_or(0).max(0) as u64;
+            match command["state"].as_str() {
+                Some("running") => {
+                    bar.set_length(target);
+                    bar.set_position(reached.min(target));
+                    bar.set_message(format!("{kind} {product}: events"));
+                }
+                Some("done") => {
+                    bar.finish_and_clear();
+                    println!("{kind} {product}: done in {:.1} s", started.elapsed().as_secs_f64());
+                    println!("{}", serde_json::to_string_pretty(&command["outcome"])?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Some("failed") => {
+                    bar.abandon();
+                    eprintln!("{kind} {product} failed: {}", command["outcome"].as_str().unwrap_or("(no reason given)"));
+                    return Ok(ExitCode::from(1));
+                }
+                _ => bar.tick(),
+            }
+        }
+    })
 }

@@ -79,6 +79,28 @@ enum Command {
         #[command(flatten)]
         remote: client::Remote,
     },
+    /// Replay a product's whole log into fresh tables and swap them in, one
+    /// commit per table (on the server that projects it), with progress.
+    Rebuild {
+        /// DOMAIN/NAME, e.g. sales/orders.
+        product: String,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Compact a product's tables: rewrite small files into larger ones.
+    Compact {
+        /// DOMAIN/NAME, e.g. sales/orders.
+        product: String,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Vacuum a product's tables: delete files older than the retention window.
+    Vacuum {
+        /// DOMAIN/NAME, e.g. sales/orders.
+        product: String,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
     /// Sample events for example products.
     Samples {
         #[command(subcommand)]
@@ -128,6 +150,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Publish { file, remote } => client::publish(&file, &remote),
         Command::Append { product, file, batch, remote } => client::append(&product, &file, batch, &remote),
+        Command::Rebuild { product, remote } => client::projection_command("rebuild", &product, &remote),
+        Command::Compact { product, remote } => client::projection_command("compact", &product, &remote),
+        Command::Vacuum { product, remote } => client::projection_command("vacuum", &product, &remote),
         Command::Samples { action: SamplesAction::Generate { contract, streams, seed, output } } => {
             samples::generate_command(&contract, streams, seed, output.as_deref())
         }

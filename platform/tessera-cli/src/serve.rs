@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use tessera_server::config::Config;
 use tessera_projection::Projections;
+use tessera_server::config::Config;
 use tessera_server::{AppState, demo};
 use tessera_store::Store;
 
@@ -117,7 +117,7 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
     // Last, so that whoever waits for this line finds everything above it.
     println!("Tessera is serving at http://{address}");
     tessera_server::serve(listener, state, shutdown_signal()).await?;
-    drop(projections);
+    projections.shutdown(std::time::Duration::from_secs(10)).await;
     store.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -10,8 +10,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::protocol::DeltaOperation;
 use deltalake::kernel::{StructType, Transaction};
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::{Map, Value};
@@ -46,7 +46,8 @@ pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<De
         && let Ok(path) = url.to_file_path()
     {
         // Object stores have no directories; a local one must exist.
-        std::fs::create_dir_all(&path).map_err(|e| Error::Schema { table: name.to_owned(), message: format!("cannot create {}: {e}", path.display()) })?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::Schema { table: name.to_owned(), message: format!("cannot create {}: {e}", path.display()) })?;
     }
     let table = DeltaTable::try_from_url(url.clone())
         .await
@@ -73,6 +74,19 @@ pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<De
     }
     tracing::info!(table = name, columns = ?missing.iter().map(|f| f.name()).collect::<Vec<_>>(), "adding columns");
     table.add_columns().with_fields(missing).await.map_err(delta(url))
+}
+
+/// The columns of `schema` whose type differs from the table's: a minor
+/// contract version that widens a column's type needs the table rewritten
+/// (see [`crate::Projector::rebuild`]).
+pub fn type_changes(table: &DeltaTable, url: &Url, name: &str, schema: &Schema) -> Result<Vec<String>, Error> {
+    let wanted: StructType = schema.try_into_kernel().map_err(|e| Error::Schema { table: name.to_owned(), message: e.to_string() })?;
+    let current = table.snapshot().map_err(delta(url))?.schema();
+    Ok(wanted
+        .fields()
+        .filter(|f| current.field(f.name()).is_some_and(|c| c.data_type() != f.data_type()))
+        .map(|f| f.name().to_string())
+        .collect())
 }
 
 /// The last log position committed to the table by `app_id`, if any.
@@ -156,6 +170,61 @@ pub async fn mark(table: DeltaTable, url: &Url, app_id: &str, position: i64, con
     Ok(table)
 }
 
+/// Replaces the table's rows with those of `source` (a rebuilt copy) in
+/// one commit, recording `position` like [`append`]: readers see the old
+/// rows or the new ones, never a mix. The rows stream from one table to
+/// the other; memory stays bounded whatever their size.
+pub async fn replace_with(
+    table: DeltaTable,
+    url: &Url,
+    source: &DeltaTable,
+    app_id: &str,
+    position: i64,
+    contract_version: &str,
+) -> Result<DeltaTable, Error> {
+    let name = url.path().rsplit('/').find(|s| !s.is_empty()).unwrap_or("table").to_owned();
+    let query = |e: deltalake::datafusion::error::DataFusionError| Error::Query { table: name.clone(), message: e.to_string() };
+    let ctx = session();
+    let rows = ctx.read_table(source.table_provider().await.map_err(query)?).map_err(query)?;
+    table
+        .write(Vec::new())
+        .with_input_plan(rows.into_unoptimized_plan())
+        .with_save_mode(SaveMode::Overwrite)
+        // A rebuild may follow a contract that changed a column's type.
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+        .with_commit_properties(commit_properties(app_id, position, contract_version))
+        .await
+        .map_err(delta(url))
+}
+
+/// Deletes every object of a table (a rebuild's scratch copy).
+pub async fn remove_all(table: &DeltaTable) -> Result<(), object_store::Error> {
+    use futures::TryStreamExt as _;
+    use object_store::ObjectStoreExt as _;
+    let store = table.object_store();
+    let paths: Vec<_> = store.list(None).map_ok(|m| m.location).try_collect().await?;
+    for p in paths {
+        store.delete(&p).await?;
+    }
+    Ok(())
+}
+
+/// Rewrites small files into larger ones (a new version with the same rows).
+pub async fn compact(table: DeltaTable, url: &Url) -> Result<(DeltaTable, Value), Error> {
+    let (table, metrics) = table.optimize().with_type(deltalake::operations::optimize::OptimizeType::Compact).await.map_err(delta(url))?;
+    let report = serde_json::json!({"files_added": metrics.num_files_added, "files_removed": metrics.num_files_removed});
+    Ok((table, report))
+}
+
+/// Deletes the files no version younger than `retention` needs: time
+/// travel keeps working inside the window.
+pub async fn vacuum(table: DeltaTable, url: &Url, retention: std::time::Duration) -> Result<(DeltaTable, Value), Error> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
+    let (table, metrics) =
+        table.vacuum().with_retention_period(retention).with_enforce_retention_duration(false).await.map_err(delta(url))?;
+    Ok((table, serde_json::json!({"files_deleted": metrics.files_deleted.len()})))
+}
+
 /// A DataFusion session for the projector's own queries.
 fn session() -> SessionContext {
     SessionContext::new()
@@ -203,8 +272,8 @@ pub async fn existing_keys(
     let found = ctx.sql(&sql).await.map_err(query)?.collect().await.map_err(query)?;
     let mut out = HashSet::new();
     for b in found {
-        let column = arrow::compute::cast(b.column(0), &DataType::Utf8)
-            .map_err(|e| Error::Query { table: name.clone(), message: e.to_string() })?;
+        let column =
+            arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(|e| Error::Query { table: name.clone(), message: e.to_string() })?;
         if let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>() {
             out.extend(strings.iter().flatten().map(str::to_owned));
         }
@@ -243,7 +312,8 @@ pub async fn merge(
 
     let mut rows = Vec::with_capacity(fold.len());
     for (key_text, change) in fold.into_changes() {
-        let key_values: Vec<Value> = serde_json::from_str(&key_text).map_err(|e| Error::Rows { table: name.clone(), message: e.to_string() })?;
+        let key_values: Vec<Value> =
+            serde_json::from_str(&key_text).map_err(|e| Error::Rows { table: name.clone(), message: e.to_string() })?;
         let (op, mut cells) = match change {
             KeyChange::Patch(cells) => ("patch", cells),
             KeyChange::Replace(cells) => ("replace", cells),
@@ -273,7 +343,9 @@ pub async fn merge(
         .when_matched_delete(|d| d.predicate(format!("source.{OP} = 'delete'").as_str()))
         .map_err(delta(url))?
         .when_matched_update(|u| {
-            all.iter().fold(u.predicate(format!("source.{OP} = 'replace'").as_str()), |u, c| u.update(c.as_str(), format!("source.{}", quoted(c)).as_str()))
+            all.iter().fold(u.predicate(format!("source.{OP} = 'replace'").as_str()), |u, c| {
+                u.update(c.as_str(), format!("source.{}", quoted(c)).as_str())
+            })
         })
         .map_err(delta(url))?
         .when_matched_update(|u| {
@@ -284,7 +356,9 @@ pub async fn merge(
         })
         .map_err(delta(url))?
         .when_not_matched_insert(|i| {
-            all.iter().fold(i.predicate(format!("source.{OP} <> 'delete'").as_str()), |i, c| i.set(c.as_str(), format!("source.{}", quoted(c)).as_str()))
+            all.iter().fold(i.predicate(format!("source.{OP} <> 'delete'").as_str()), |i, c| {
+                i.set(c.as_str(), format!("source.{}", quoted(c)).as_str())
+            })
         })
         .map_err(delta(url))?
         .await

@@ -19,7 +19,7 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 use tessera_contract::Contract;
 use tessera_contract::model::{Projection, Table};
-use tessera_store::{StoredEvent, Store};
+use tessera_store::{Store, StoredEvent};
 use url::Url;
 
 use crate::delta::{self, POSITION_KEY};
@@ -36,18 +36,18 @@ pub struct Commit {
     pub version: u64,
     /// Milliseconds since the epoch, as the commit records it.
     pub timestamp: Option<i64>,
-    /// The last log position the version reflects (none for the empty
-    /// table the first version creates).
+    /// The last log position the version reflects (0 for the empty table
+    /// the first version creates).
     pub position: Option<i64>,
     pub operation: Option<String>,
 }
 
 fn failed(url: &Url) -> impl Fn(deltalake::DeltaTableError) -> Error + '_ {
-    move |source| Error::Delta(delta::Error::Delta { url: url.to_string(), source })
+    move |source| Error::from(delta::Error::Delta { url: url.to_string(), source })
 }
 
 fn query(table: &str) -> impl Fn(deltalake::datafusion::error::DataFusionError) -> Error + '_ {
-    move |e| Error::Delta(delta::Error::Query { table: table.to_owned(), message: e.to_string() })
+    move |e| Error::from(delta::Error::Query { table: table.to_owned(), message: e.to_string() })
 }
 
 /// Every version of the table at `url` still in its log, oldest first.
@@ -56,7 +56,7 @@ pub async fn commits(url: &Url) -> Result<Vec<Commit>, Error> {
     let latest = table.version().unwrap_or(0);
     let infos: Vec<_> = table.history(None).try_collect().await.map_err(failed(url))?;
     // Newest first, without gaps.
-    Ok(infos
+    let mut out: Vec<Commit> = infos
         .into_iter()
         .enumerate()
         .filter_map(|(i, info)| {
@@ -69,7 +69,14 @@ pub async fn commits(url: &Url) -> Result<Vec<Commit>, Error> {
             })
         })
         .rev()
-        .collect())
+        .collect();
+    // A version that is not the projector's (creation, compaction, added
+    // columns) holds the rows of the version before it.
+    let mut last = 0;
+    for c in &mut out {
+        last = *c.position.get_or_insert(last);
+    }
+    Ok(out)
 }
 
 /// The table at `url` as of Delta version `version`.
@@ -77,10 +84,22 @@ pub async fn at_version(url: &Url, version: u64) -> Result<DeltaTable, Error> {
     DeltaTableBuilder::from_url(url.clone()).map_err(failed(url))?.with_version(version).load().await.map_err(failed(url))
 }
 
-/// The table at `url` as of `time`: its newest version committed at or
-/// before then.
+/// The table at `url` as of `time`: its newest version whose commit time
+/// (as the commit records it, in milliseconds) is at or before then.
 pub async fn at_timestamp(url: &Url, time: chrono::DateTime<chrono::Utc>) -> Result<DeltaTable, Error> {
-    DeltaTableBuilder::from_url(url.clone()).map_err(failed(url))?.with_timestamp(time).load().await.map_err(failed(url))
+    let ms = time.timestamp_millis();
+    let versions = commits(url).await?;
+    let Some(version) = versions.iter().filter(|c| c.timestamp.is_some_and(|t| t <= ms)).map(|c| c.version).max() else {
+        let first = versions.first().and_then(|c| c.timestamp).and_then(chrono::DateTime::from_timestamp_millis);
+        return Err(Error::Derived {
+            table: url.to_string(),
+            message: format!(
+                "the table has no version as old as {time}{}",
+                first.map(|f| format!("; its oldest readable version is from {f}")).unwrap_or_default()
+            ),
+        });
+    };
+    at_version(url, version).await
 }
 
 /// Every row of a loaded table version.
@@ -119,7 +138,7 @@ pub async fn at_position(
 
     let (domain, name) = (contract.domain.as_str(), contract.name.as_str());
     let url = warehouse.table_url(domain, name, contract.version.major, table);
-    let base = commits(&url).await?.into_iter().filter(|c| c.position.is_none_or(|p| p <= position)).next_back();
+    let base = commits(&url).await?.into_iter().rfind(|c| c.position.is_some_and(|p| p <= position));
     let (base_rows, from) = match &base {
         Some(c) => (scan(table, &at_version(&url, c.version).await?).await?, c.position.unwrap_or(0)),
         None => (Vec::new(), 0),
@@ -137,8 +156,7 @@ pub async fn at_position(
         Projection::Upsert { key, .. } => {
             let mut state = keyed(table, spec, &schema, key, &base_rows)?;
             let upserts = Upserts::prepare(table, spec, &tail);
-            let existing: HashSet<String> =
-                upserts.lookups(key).into_iter().map(|(k, _)| k).filter(|k| state.contains_key(k)).collect();
+            let existing: HashSet<String> = upserts.lookups(key).into_iter().map(|(k, _)| k).filter(|k| state.contains_key(k)).collect();
             let (fold, _) = upserts.fold(&existing);
             for (k, change) in fold.into_changes() {
                 match change {
@@ -187,7 +205,11 @@ pub async fn stream_state(
                     Vec::new()
                 } else {
                     let batches = at_position(store, warehouse, contract, table.as_str(), position).await?;
-                    keyed(table.as_str(), spec, &schema, key, &batches)?.into_iter().filter(|(k, _)| keys.contains(k)).map(|(_, r)| r).collect()
+                    keyed(table.as_str(), spec, &schema, key, &batches)?
+                        .into_iter()
+                        .filter(|(k, _)| keys.contains(k))
+                        .map(|(_, r)| r)
+                        .collect()
                 }
             }
         };
@@ -240,7 +262,7 @@ fn keyed(
 /// Rows as JSON objects (null cells left out), in the form the Arrow JSON
 /// decoder reads back.
 pub fn json_rows(name: &str, schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>, Error> {
-    let bad = |message: String| Error::Delta(delta::Error::Rows { table: name.to_owned(), message });
+    let bad = |message: String| Error::from(delta::Error::Rows { table: name.to_owned(), message });
     let conformed = conform(schema, batches.to_vec()).map_err(bad)?;
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
     for b in &conformed {

@@ -19,7 +19,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use serde::Serialize;
 use tessera_contract::Contract;
 use tessera_contract::model::{Projection, Table};
-use tessera_store::{StoredEvent, Store};
+use tessera_store::{Store, StoredEvent};
 use url::Url;
 
 use crate::delta;
@@ -34,9 +34,15 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] tessera_store::Error),
     #[error(transparent)]
-    Delta(#[from] delta::Error),
+    Delta(Box<delta::Error>),
     #[error("derived table {table}: {message}")]
     Derived { table: String, message: String },
+}
+
+impl From<delta::Error> for Error {
+    fn from(e: delta::Error) -> Self {
+        Error::Delta(Box::new(e))
+    }
 }
 
 /// The transaction identifier under which the projector records positions.
@@ -53,6 +59,8 @@ pub struct Projector {
     name: String,
     batch: i64,
     generation: Option<Generation>,
+    /// When it turns true, a run stops after the batch in hand.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The tables of one contract version, as far as they are applied.
@@ -61,6 +69,9 @@ struct Generation {
     version: String,
     major: u64,
     tables: Vec<Target>,
+    /// Columns whose type the contract changed since the tables were
+    /// written: the tables must be rebuilt before anything else.
+    retyped: Vec<String>,
 }
 
 struct Target {
@@ -104,12 +115,19 @@ pub struct TableState {
 
 impl Projector {
     pub fn new(store: Store, warehouse: Warehouse, domain: &str, name: &str) -> Self {
-        Self { store, warehouse, domain: domain.to_owned(), name: name.to_owned(), batch: DEFAULT_BATCH, generation: None }
+        Self { store, warehouse, domain: domain.to_owned(), name: name.to_owned(), batch: DEFAULT_BATCH, generation: None, stop: None }
     }
 
     /// Events per batch (each batch is one commit per table).
     pub fn with_batch(mut self, batch: i64) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Stops runs between batches once `stop` turns true (a server
+    /// shutting down): every commit is whole, and the next run resumes.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
         self
     }
 
@@ -171,34 +189,43 @@ impl Projector {
         }
         let major = contract.version.major;
         let mut tables = Vec::with_capacity(contract.tables.len());
+        let mut retyped = Vec::new();
         for (name, spec) in &contract.tables {
             let schema = table_schema(spec);
             let url = self.warehouse.table_url(&self.domain, &self.name, major, name.as_str());
             let table = delta::open_or_create(&url, name.as_str(), &schema).await?;
+            retyped.extend(delta::type_changes(&table, &url, name.as_str(), &schema)?.into_iter().map(|c| format!("{name}.{c}")));
             let applied = delta::applied(&table, &url, APP_ID).await?.unwrap_or(0);
             tables.push(Target { name: name.to_string(), spec: spec.clone(), schema, url, delta: table, applied, last_commit_at: None });
         }
         tracing::info!(product = %self.product(), version = %version, "projecting contract version");
-        self.generation = Some(Generation { contract, version, major, tables });
+        self.generation = Some(Generation { contract, version, major, tables, retyped });
         Ok(())
     }
 
     /// Applies every event not yet applied, in batches, then recomputes
-    /// the derived tables whose inputs moved. `progress` hears the position
-    /// reached after each batch.
-    pub async fn run(&mut self, progress: &(dyn Fn(i64) + Send + Sync)) -> Result<RunReport, Error> {
+    /// the derived tables whose inputs moved. `progress` hears the events
+    /// read so far after each batch.
+    pub async fn run(&mut self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<RunReport, Error> {
         self.run_until(i64::MAX, progress).await
     }
 
     /// [`Projector::run`], stopping at log position `until`.
-    pub async fn run_until(&mut self, until: i64, progress: &(dyn Fn(i64) + Send + Sync)) -> Result<RunReport, Error> {
+    pub async fn run_until(&mut self, until: i64, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<RunReport, Error> {
         self.load().await?;
+        if let Some(g) = self.generation.as_ref().filter(|g| !g.retyped.is_empty()) {
+            tracing::info!(product = %self.product(), version = %g.version, columns = ?g.retyped, "column types changed: rebuilding the tables");
+            Box::pin(self.rebuild(&|_, _| {})).await?;
+        }
         let mut report = RunReport::default();
         let Some(generation) = self.generation.as_mut() else { return Ok(report) };
         let major = i64::try_from(generation.major).unwrap_or(i64::MAX);
         let mut cursor = generation.tables.iter().filter(|t| is_event_table(t)).map(|t| t.applied).min().unwrap_or(i64::MAX);
         let mut moved: HashSet<String> = HashSet::new();
         while cursor < until {
+            if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+                break;
+            }
             let page = self.store.log_after(&self.domain, &self.name, cursor, until, self.batch).await?;
             let Some(last) = page.events.last() else { break };
             let end = last.position;
@@ -219,7 +246,7 @@ impl Projector {
                 target.applied = end;
             }
             cursor = end;
-            progress(cursor);
+            progress(report.events);
         }
         report.commits += derive(generation, &moved).await?;
         report.position = generation.tables.iter().map(|t| t.applied).min().unwrap_or(0);
@@ -237,6 +264,96 @@ impl Projector {
         let major = i64::try_from(generation.major).unwrap_or(i64::MAX);
         self.store.record_quality(&self.domain, &self.name, major, &all).await?;
         Ok(all)
+    }
+
+    /// Projects the whole log afresh into scratch tables, then swaps each
+    /// live table to the fresh rows in one commit (see
+    /// [`delta::replace_with`]), and forgets the dead letters that the
+    /// fresh run no longer sets aside (a fixed contract applies them).
+    /// `progress` hears the events replayed and the number to replay. The
+    /// caller must hold the product's lease: nothing else may commit to the
+    /// live tables meanwhile.
+    pub async fn rebuild(&mut self, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<serde_json::Value, Error> {
+        let started = std::time::Instant::now();
+        self.reset();
+        self.load().await?;
+        let Some(generation) = self.generation.as_ref() else { return Ok(serde_json::Value::Null) };
+        let major = i64::try_from(generation.major).unwrap_or(i64::MAX);
+        let label = format!("rebuild-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
+        let staging = self.warehouse.staging(&self.domain, &self.name, &label);
+        self.store.clear_dead_letters(&self.domain, &self.name, major).await?;
+        let mut fresh = Projector::new(self.store.clone(), staging, &self.domain, &self.name).with_batch(self.batch);
+        let mut events = 0;
+        let mut dead_letters = 0;
+        // Until no event arrived during the last pass.
+        loop {
+            let head = self.store.head(&self.domain, &self.name).await?;
+            let total = u64::try_from(self.store.backlog(&self.domain, &self.name, 0).await?.0).unwrap_or(0);
+            let done = events;
+            let report = fresh.run_until(head, &|n| progress(done + n, total)).await?;
+            events += report.events;
+            dead_letters += report.dead_letters;
+            if report.events == 0 || self.store.head(&self.domain, &self.name).await? == head {
+                break;
+            }
+        }
+        let (Some(live), Some(new)) = (self.generation.as_mut(), fresh.generation.as_ref()) else { return Ok(serde_json::Value::Null) };
+        if live.version != new.version {
+            return Err(Error::Derived {
+                table: String::new(),
+                message: format!("the contract changed during the rebuild ({} to {}); run it again", live.version, new.version),
+            });
+        }
+        let mut swapped = Vec::new();
+        for (target, source) in live.tables.iter_mut().zip(&new.tables) {
+            target.delta =
+                delta::replace_with(target.delta.clone(), &target.url, &source.delta, APP_ID, source.applied, &live.version).await?;
+            target.applied = source.applied;
+            target.last_commit_at = Some(chrono::Utc::now().timestamp_micros());
+            swapped.push(serde_json::json!({"table": target.name, "version": target.delta.version(), "position": source.applied}));
+        }
+        live.retyped.clear();
+        for source in &new.tables {
+            if let Err(e) = delta::remove_all(&source.delta).await {
+                tracing::warn!(table = %source.url, error = %e, "could not remove a rebuild's scratch table");
+            }
+        }
+        Ok(serde_json::json!({
+            "events": events,
+            "dead_letters": dead_letters,
+            "tables": swapped,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// Compacts every table with at least `min_files` live files.
+    pub async fn compact(&mut self, min_files: usize) -> Result<serde_json::Value, Error> {
+        self.load().await?;
+        let Some(generation) = self.generation.as_mut() else { return Ok(serde_json::Value::Null) };
+        let mut out = serde_json::Map::new();
+        for t in &mut generation.tables {
+            if delta::stats(&t.delta, &t.url)?.files < min_files.max(2) {
+                continue;
+            }
+            let (table, report) = delta::compact(t.delta.clone(), &t.url).await?;
+            t.delta = table;
+            out.insert(t.name.clone(), report);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    /// Vacuums every table: deletes files that no version younger than
+    /// `retention` reads.
+    pub async fn vacuum(&mut self, retention: std::time::Duration) -> Result<serde_json::Value, Error> {
+        self.load().await?;
+        let Some(generation) = self.generation.as_mut() else { return Ok(serde_json::Value::Null) };
+        let mut out = serde_json::Map::new();
+        for t in &mut generation.tables {
+            let (table, report) = delta::vacuum(t.delta.clone(), &t.url, retention).await?;
+            t.delta = table;
+            out.insert(t.name.clone(), report);
+        }
+        Ok(serde_json::Value::Object(out))
     }
 
     /// The contract being projected.
@@ -276,8 +393,7 @@ async fn apply(
                 (false, dead)
             } else {
                 let batch = delta::batch(&target.name, &target.schema, &rows)?;
-                target.delta =
-                    delta::append(target.delta.clone(), &target.url, batch, APP_ID, position, contract_version).await?;
+                target.delta = delta::append(target.delta.clone(), &target.url, batch, APP_ID, position, contract_version).await?;
                 (true, dead)
             }
         }
@@ -290,17 +406,8 @@ async fn apply(
                 mark_dead_letters_applied(target, &dead, position, contract_version).await?;
                 (false, dead)
             } else {
-                target.delta = delta::merge(
-                    target.delta.clone(),
-                    &target.url,
-                    &target.schema,
-                    key,
-                    fold,
-                    APP_ID,
-                    position,
-                    contract_version,
-                )
-                .await?;
+                target.delta =
+                    delta::merge(target.delta.clone(), &target.url, &target.schema, key, fold, APP_ID, position, contract_version).await?;
                 (true, dead)
             }
         }
@@ -333,8 +440,7 @@ async fn derive(generation: &mut Generation, moved: &HashSet<String>) -> Result<
     let mut commits = 0;
     for i in 0..generation.tables.len() {
         let Projection::Sql { query, reads } = &generation.tables[i].spec.projection else { continue };
-        let inputs: Vec<&Target> =
-            generation.tables.iter().filter(|t| reads.iter().any(|r| r.as_str() == t.name)).collect();
+        let inputs: Vec<&Target> = generation.tables.iter().filter(|t| reads.iter().any(|r| r.as_str() == t.name)).collect();
         let position = inputs.iter().map(|t| t.applied).min().unwrap_or(0);
         let target = &generation.tables[i];
         let stale = reads.iter().any(|r| moved.contains(r.as_str())) || target.applied < position;
@@ -370,9 +476,8 @@ pub(crate) fn conform(schema: &Schema, batches: Vec<RecordBatch>) -> Result<Vec<
     for b in batches {
         let mut columns = Vec::with_capacity(schema.fields().len());
         for field in schema.fields() {
-            let column = b
-                .column_by_name(field.name())
-                .ok_or_else(|| format!("the query gives no column `{}`; name it with AS", field.name()))?;
+            let column =
+                b.column_by_name(field.name()).ok_or_else(|| format!("the query gives no column `{}`; name it with AS", field.name()))?;
             let cast = arrow::compute::cast(column, field.data_type())
                 .map_err(|e| format!("column `{}` ({}) does not cast to {}: {e}", field.name(), column.data_type(), field.data_type()))?;
             if !field.is_nullable() && cast.null_count() > 0 {

@@ -30,14 +30,7 @@ pub async fn run(name: &str, spec: &Table, table: &DeltaTable) -> Result<Vec<Qua
             .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
             .unwrap_or(0);
         let (passed, detail) = verdict(check, n);
-        out.push(QualityResult {
-            table: name.to_owned(),
-            check: label,
-            passed,
-            detail,
-            table_version: version,
-            checked_at: String::new(),
-        });
+        out.push(QualityResult { table: name.to_owned(), check: label, passed, detail, table_version: version, checked_at: String::new() });
     }
     Ok(out)
 }
@@ -115,8 +108,7 @@ mod tests {
     #[test]
     fn checks_read_as_counting_queries() {
         let status = ColumnName::parse("status").expect("name");
-        let (label, sql) =
-            query(&Check::AcceptedValues { column: status, values: vec![Value::from("placed"), Value::from("it's")] });
+        let (label, sql) = query(&Check::AcceptedValues { column: status, values: vec![Value::from("placed"), Value::from("it's")] });
         assert_eq!(label, "accepted_values(status)");
         assert_eq!(sql, "SELECT COUNT(*) FROM t WHERE \"status\" IS NOT NULL AND \"status\" NOT IN ('placed', 'it''s')");
         assert_eq!(verdict(&Check::RowCount { min: Some(1), max: None }, 0), (false, "0 rows (expected at least 1)".to_owned()));

@@ -21,6 +21,24 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// How often a holder renews its lease, and a waiting process retries.
 const RENEW: Duration = Duration::from_secs(3);
 
+/// How the service keeps tables tidy.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Files no version younger than this reads are vacuumed; time travel
+    /// works inside this window.
+    pub retention: Duration,
+    /// A table with this many live files is compacted after a run.
+    pub compact_after_files: usize,
+    /// How often each product's tables are vacuumed.
+    pub vacuum_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(7 * 24 * 3600), compact_after_files: 64, vacuum_every: Duration::from_secs(24 * 3600) }
+    }
+}
+
 /// What the service knows of one product's projection.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProductProjection {
@@ -48,11 +66,14 @@ pub struct Projections {
 struct Inner {
     store: Store,
     warehouse: Warehouse,
+    options: Options,
     /// Who this process is, for leases.
     holder: String,
     status: RwLock<BTreeMap<String, ProductProjection>>,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// Set by [`Projections::shutdown`]: every loop stops at its next safe point.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Inner {
@@ -70,14 +91,21 @@ impl Projections {
     /// Starts projecting every product of `store` into `warehouse`, and
     /// every product published later.
     pub fn start(store: Store, warehouse: Warehouse) -> Self {
+        Self::start_with(store, warehouse, Options::default())
+    }
+
+    /// [`Projections::start`] with these options.
+    pub fn start_with(store: Store, warehouse: Warehouse, options: Options) -> Self {
         let holder = format!("{}:{}:{}", hostname(), std::process::id(), chrono::Utc::now().timestamp_micros());
         let inner = Arc::new(Inner {
             store,
             warehouse,
+            options,
             holder,
             status: RwLock::new(BTreeMap::new()),
             tasks: Mutex::new(HashMap::new()),
             supervisor: Mutex::new(None),
+            stop: tokio::sync::watch::Sender::new(false),
         });
         let weak = Arc::downgrade(&inner);
         let supervisor = tokio::spawn(async move {
@@ -100,6 +128,27 @@ impl Projections {
             *s = Some(supervisor);
         }
         Self { inner }
+    }
+
+    /// Stops every projector of this process at its next safe point (between
+    /// batches, never inside a commit) and gives up their leases, so that
+    /// another process takes over at once; waits up to `grace` for them.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stop.send_replace(true);
+        let handles: Vec<JoinHandle<()>> = match self.inner.tasks.lock() {
+            Ok(mut tasks) => tasks.drain().map(|(_, t)| t).collect(),
+            Err(_) => Vec::new(),
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut handle in handles {
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+                tracing::warn!("a projector did not stop in time; aborting it");
+                handle.abort();
+            }
+        }
+        if let Ok(Some(s)) = self.inner.supervisor.lock().map(|mut s| s.take()) {
+            s.abort();
+        }
     }
 
     /// What is known of one product's projection.
@@ -154,6 +203,25 @@ impl Inner {
         Ok(())
     }
 
+    /// Publishes what `projector` holds now as the product's status.
+    fn show(&self, product: &str, projector: &Projector, error: Option<String>) {
+        let tables = projector.tables();
+        self.update(product, |s| {
+            s.state = "running";
+            s.error = error;
+            s.applied_position = projector.applied().unwrap_or(0);
+            if let Some((version, major)) = projector.contract_version() {
+                s.contract_version = Some(version.to_owned());
+                s.major = Some(major);
+            }
+            match tables {
+                Ok(t) => s.tables = t,
+                Err(e) => s.error = Some(e.to_string()),
+            }
+            s.last_run_at = Some(chrono::Utc::now().timestamp_micros());
+        });
+    }
+
     fn update(&self, product: &str, f: impl FnOnce(&mut ProductProjection)) {
         if let Ok(mut status) = self.status.write() {
             let entry = status.entry(product.to_owned()).or_insert_with(|| ProductProjection { state: "starting", ..Default::default() });
@@ -168,27 +236,61 @@ async fn follow(weak: std::sync::Weak<Inner>, domain: String, name: String) {
     let product = format!("{domain}/{name}");
     let lease = format!("projector:{product}");
     let mut events = inner.store.subscribe();
-    let mut projector = Projector::new(inner.store.clone(), inner.warehouse.clone(), &domain, &name);
+    let mut stop = inner.stop.subscribe();
+    let mut projector = Projector::new(inner.store.clone(), inner.warehouse.clone(), &domain, &name).with_stop(stop.clone());
     let holder = inner.holder.clone();
+    let store = inner.store.clone();
     drop(inner);
+    follow_until_stopped(&weak, &product, &lease, &holder, &mut projector, &mut events, &mut stop).await;
+    if let Err(e) = store.release_lease(&lease, &holder).await {
+        tracing::warn!(product = %product, error = %e, "could not give up the projector's lease");
+    }
+}
+
+/// Sleeps for `time`, or less if asked to stop; `true` if asked to stop.
+async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, time: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(time) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn follow_until_stopped(
+    weak: &std::sync::Weak<Inner>,
+    product: &str,
+    lease: &str,
+    holder: &str,
+    projector: &mut Projector,
+    events: &mut tokio::sync::broadcast::Receiver<tessera_store::Notification>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let (domain, name) = product.split_once('/').unwrap_or((product, ""));
+    let product = product.to_owned();
     let mut failures: u32 = 0;
+    let mut last_vacuum = tokio::time::Instant::now();
     // The newest position announced for this product.
     let mut announced: i64 = 0;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
-        match inner.store.try_lease(&lease, &holder, LEASE).await {
+        match inner.store.try_lease(lease, holder, LEASE).await {
             Ok(true) => {}
             Ok(false) => {
                 projector.reset();
                 inner.update(&product, |s| s.state = "standby");
                 drop(inner);
-                tokio::time::sleep(RENEW).await;
+                pause(stop, RENEW).await;
                 continue;
             }
             Err(e) => {
                 inner.update(&product, |s| s.error = Some(format!("lease: {e}")));
                 drop(inner);
-                tokio::time::sleep(RENEW).await;
+                pause(stop, RENEW).await;
                 continue;
             }
         }
@@ -196,21 +298,7 @@ async fn follow(weak: std::sync::Weak<Inner>, domain: String, name: String) {
             Ok(report) => {
                 failures = 0;
                 let quality = if report.commits > 0 { projector.check_quality().await.err() } else { None };
-                let tables = projector.tables();
-                inner.update(&product, |s| {
-                    s.state = "running";
-                    s.error = quality.map(|e| format!("quality checks: {e}"));
-                    s.applied_position = projector.applied().unwrap_or(0);
-                    if let Some((version, major)) = projector.contract_version() {
-                        s.contract_version = Some(version.to_owned());
-                        s.major = Some(major);
-                    }
-                    match tables {
-                        Ok(t) => s.tables = t,
-                        Err(e) => s.error = Some(e.to_string()),
-                    }
-                    s.last_run_at = Some(chrono::Utc::now().timestamp_micros());
-                });
+                inner.show(&product, projector, quality.map(|e| format!("quality checks: {e}")));
                 if report.events > 0 {
                     tracing::debug!(product = %product, events = report.events, commits = report.commits, "projected");
                 }
@@ -222,21 +310,40 @@ async fn follow(weak: std::sync::Weak<Inner>, domain: String, name: String) {
                 projector.reset();
                 drop(inner);
                 let backoff = Duration::from_millis(200u64.saturating_mul(1 << failures.min(5)));
-                tokio::time::sleep(backoff).await;
+                pause(stop, backoff).await;
                 continue;
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        match maintain(&inner, projector, domain, name, &mut last_vacuum).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let quality = projector.check_quality().await.err();
+                inner.show(&product, projector, quality.map(|e| format!("quality checks: {e}")));
+            }
+            Err(e) => {
+                tracing::warn!(product = %product, error = %e, "projection maintenance failed");
+                inner.update(&product, |s| s.error = Some(e.to_string()));
+                projector.reset();
             }
         }
         drop(inner);
         // On PostgreSQL a read right after a notification may stop short of
         // it (see `Store::subscribe`): read again soon until it is reached.
         if announced > projector.applied().unwrap_or(0) {
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            pause(stop, Duration::from_millis(25)).await;
             announced = 0;
             continue;
         }
         let deadline = tokio::time::Instant::now() + RENEW;
         loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
+            let next = tokio::select! {
+                n = tokio::time::timeout_at(deadline, events.recv()) => n,
+                _ = stop.changed() => return,
+            };
+            match next {
                 Err(_) => break,
                 Ok(Ok(n)) if n.product == product => {
                     announced = announced.max(n.position);
@@ -248,6 +355,83 @@ async fn follow(weak: std::sync::Weak<Inner>, domain: String, name: String) {
                 // read the log to see.
                 Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
                 Ok(Err(RecvError::Closed)) => return,
+            }
+        }
+    }
+}
+
+/// Carries out the commands asked of this product's projector (rebuild,
+/// compact, vacuum), then the scheduled compaction and vacuum. Returns
+/// whether it did anything.
+async fn maintain(
+    inner: &Inner,
+    projector: &mut Projector,
+    domain: &str,
+    name: &str,
+    last_vacuum: &mut tokio::time::Instant,
+) -> Result<bool, crate::projector::Error> {
+    let mut did = false;
+    while let Some(command) = inner.store.next_command(domain, name).await? {
+        tracing::info!(product = %projector.product(), command = %command.kind, id = command.id, "running a projection command");
+        let outcome = match command.kind.as_str() {
+            "rebuild" => rebuild(inner, projector, command.id).await,
+            "compact" => projector.compact(2).await,
+            "vacuum" => projector.vacuum(inner.options.retention).await,
+            other => Ok(serde_json::json!({"ignored": format!("unknown command `{other}`")})),
+        };
+        did = true;
+        if outcome.is_ok() {
+            // Whoever sees the command done sees its tables too.
+            let quality = projector.check_quality().await.err();
+            inner.show(&projector.product(), projector, quality.map(|e| format!("quality checks: {e}")));
+        }
+        let failed = outcome.as_ref().err().map(ToString::to_string);
+        inner.store.finish_command(command.id, outcome.map_err(|e| e.to_string())).await?;
+        if let Some(e) = failed {
+            projector.reset();
+            return Err(crate::projector::Error::Derived { table: String::new(), message: format!("{} failed: {e}", command.kind) });
+        }
+    }
+    let crowded = projector.tables()?.iter().any(|t| t.stats.files >= inner.options.compact_after_files);
+    if crowded {
+        projector.compact(inner.options.compact_after_files).await?;
+        did = true;
+    }
+    if last_vacuum.elapsed() >= inner.options.vacuum_every {
+        *last_vacuum = tokio::time::Instant::now();
+        projector.vacuum(inner.options.retention).await?;
+        did = true;
+    }
+    Ok(did)
+}
+
+/// A rebuild, with its progress written to its command every half second.
+async fn rebuild(inner: &Inner, projector: &mut Projector, id: i64) -> Result<serde_json::Value, crate::projector::Error> {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let reached = Arc::new(AtomicI64::new(0));
+    let target = Arc::new(AtomicI64::new(0));
+    let (r, t) = (reached.clone(), target.clone());
+    let report = move |done: u64, total: u64| {
+        r.store(i64::try_from(done).unwrap_or(i64::MAX), Ordering::Relaxed);
+        t.store(i64::try_from(total).unwrap_or(i64::MAX), Ordering::Relaxed);
+    };
+    let work = projector.rebuild(&report);
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            outcome = &mut work => {
+                let (p, h) = (reached.load(Ordering::Relaxed), target.load(Ordering::Relaxed));
+                if let Err(e) = inner.store.command_progress(id, p, h).await {
+                    tracing::warn!(error = %e, "could not record a rebuild's progress");
+                }
+                return outcome;
+            }
+            _ = tick.tick() => {
+                let (p, h) = (reached.load(Ordering::Relaxed), target.load(Ordering::Relaxed));
+                if let Err(e) = inner.store.command_progress(id, p, h).await {
+                    tracing::warn!(error = %e, "could not record a rebuild's progress");
+                }
             }
         }
     }

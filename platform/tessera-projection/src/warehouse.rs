@@ -45,6 +45,14 @@ impl Warehouse {
         &self.root
     }
 
+    /// A scratch warehouse for one product's rebuild, under the product's
+    /// own prefix, so that its tables are apart from every live one.
+    pub fn staging(&self, domain: &str, product: &str, label: &str) -> Warehouse {
+        let mut root = self.root.clone();
+        root.set_path(&format!("{}{domain}/{product}/_staging/{label}/", self.root.path()));
+        Warehouse { root }
+    }
+
     /// The URL of one table. Names are validated identifiers (see
     /// `tessera_core`), safe as path segments.
     pub fn table_url(&self, domain: &str, product: &str, major: u64, table: &str) -> Url {

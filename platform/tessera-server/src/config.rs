@@ -87,7 +87,8 @@ impl Config {
             None if Path::new("tessera.toml").exists() => figment = figment.merge(Toml::file_exact("tessera.toml")),
             None => {}
         }
-        figment = figment.merge(Env::prefixed("TESSERA_").only(&["listen", "data_dir", "database_url", "max_body_bytes", "policy", "warehouse"]));
+        figment =
+            figment.merge(Env::prefixed("TESSERA_").only(&["listen", "data_dir", "database_url", "max_body_bytes", "policy", "warehouse"]));
         figment.extract().map_err(|e| format!("invalid configuration: {e}"))
     }
 

@@ -118,7 +118,9 @@ pub fn router(state: AppState) -> Router {
         .route("/products/{domain}/{name}/events", get(read_log).post(append))
         .route("/products/{domain}/{name}/streams/{stream}", get(read_stream))
         .route("/products/{domain}/{name}/streams/{stream}/state", get(stream_state))
-        .route("/products/{domain}/{name}/dead-letters", get(dead_letters));
+        .route("/products/{domain}/{name}/dead-letters", get(dead_letters))
+        .route("/products/{domain}/{name}/commands", axum::routing::post(request_command))
+        .route("/products/{domain}/{name}/commands/{id}", get(command_status));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -278,7 +280,9 @@ async fn stream_state(
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; {usage}")))?;
     state.store.product(&domain, &name).await?;
     if caller.is_public() {
-        return Err(tessera_store::Error::Unauthenticated("an entity's state needs a token: send `Authorization: Bearer <token>`".into()).into());
+        return Err(
+            tessera_store::Error::Unauthenticated("an entity's state needs a token: send `Authorization: Bearer <token>`".into()).into()
+        );
     }
     if !caller.is_member_of(&domain) {
         return Err(tessera_store::Error::Forbidden(format!(
@@ -312,6 +316,55 @@ async fn stream_state(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "projection_error", e.to_string()))?;
     Ok(Json(json!({ "stream": stream, "as_of_position": position, "contract_version": contract.version.to_string(), "tables": tables })))
+}
+
+/// Only the product's domain runs work on its tables.
+fn domain_member(caller: &Principal, domain: &str, what: &str) -> Result<(), ApiError> {
+    if caller.is_public() {
+        return Err(tessera_store::Error::Unauthenticated(format!("{what} needs a token: send `Authorization: Bearer <token>`")).into());
+    }
+    if !caller.is_member_of(domain) {
+        return Err(tessera_store::Error::Forbidden(format!("{what} is for members of domain `{domain}` only")).into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    kind: String,
+}
+
+/// Asks the product's projector to rebuild, compact or vacuum its tables;
+/// whichever process holds the product's lease does it. 202 with the
+/// command, to follow at `/commands/{id}`.
+async fn request_command(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath((domain, name)): ApiPath<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state.store.product(&domain, &name).await?;
+    domain_member(&caller, &domain, "running a projection command")?;
+    let usage = r#"send {"kind": "rebuild"}, {"kind": "compact"} or {"kind": "vacuum"}"#;
+    let request: CommandRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_command", format!("{e}; {usage}")))?;
+    if !matches!(request.kind.as_str(), "rebuild" | "compact" | "vacuum") {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_command", format!("unknown command `{}`; {usage}", request.kind)));
+    }
+    let command = state.store.request_command(&domain, &name, &request.kind, &caller.name).await?;
+    state.store.nudge(&domain, &name);
+    Ok((StatusCode::ACCEPTED, Json(command)).into_response())
+}
+
+async fn command_status(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath((domain, name, id)): ApiPath<(String, String, i64)>,
+) -> Result<Json<tessera_store::Command>, ApiError> {
+    state.store.product(&domain, &name).await?;
+    domain_member(&caller, &domain, "a projection command")?;
+    Ok(Json(state.store.command(&domain, &name, id).await?))
 }
 
 /// Prometheus metrics: every table's projection lag, size and quality.

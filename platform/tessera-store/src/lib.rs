@@ -29,7 +29,7 @@ pub use envelope::{EventInput, Expected};
 pub use error::{Error, EventProblem, Result};
 pub use log::{AppendOutcome, AppendedEvent, BodyFormat, LogPage, StoredEvent};
 pub use principals::{Principal, PrincipalRecord};
-pub use projections::{DeadLetter, DeadLetterEntry, QualityResult};
+pub use projections::{Command, DeadLetter, DeadLetterEntry, QualityResult};
 
 use compiled::Compiled;
 
@@ -138,6 +138,12 @@ impl Store {
     /// short pause rather than waiting for the next notification.
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
         self.inner.notify.subscribe()
+    }
+
+    /// Wakes this process's subscribers of `domain/name` without new
+    /// events (say, work was asked of its projector).
+    pub fn nudge(&self, domain: &str, name: &str) {
+        self.announce(&format!("{domain}/{name}"), 0);
     }
 
     fn announce(&self, product: &str, position: i64) {

@@ -472,9 +472,8 @@ impl Store {
     /// position `until`, oldest first (at most [`MAX_PLATFORM_READ`]).
     pub async fn stream_until(&self, domain: &str, name: &str, stream: &str, until: i64) -> Result<Vec<StoredEvent>> {
         let product = self.product_row(domain, name).await?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE product_id = $1 AND stream = $2 AND position <= $3 ORDER BY position LIMIT $4"
-        );
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE product_id = $1 AND stream = $2 AND position <= $3 ORDER BY position LIMIT $4");
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(product.id)
             .bind(stream)

@@ -53,10 +53,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         for chunk in letters.chunks(500) {
             let rows = serde_json::Value::from(
-                chunk
-                    .iter()
-                    .map(|l| serde_json::json!([l.table, l.position, l.stream, l.event_type, l.reason]))
-                    .collect::<Vec<_>>(),
+                chunk.iter().map(|l| serde_json::json!([l.table, l.position, l.stream, l.event_type, l.reason])).collect::<Vec<_>>(),
             )
             .to_string();
             let sql = match self.backend() {
@@ -81,7 +78,11 @@ impl Store {
     pub async fn clear_dead_letters(&self, domain: &str, name: &str, major: i64) -> Result<()> {
         let product = self.product_row(domain, name).await?;
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM dead_letters WHERE product_id = $1 AND major = $2").bind(product.id).bind(major).execute(&mut **tx).await?;
+        sqlx::query("DELETE FROM dead_letters WHERE product_id = $1 AND major = $2")
+            .bind(product.id)
+            .bind(major)
+            .execute(&mut **tx)
+            .await?;
         tx.commit().await
     }
 
@@ -203,6 +204,143 @@ impl Store {
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(&mut **tx).await?;
+        tx.commit().await
+    }
+}
+
+/// Work asked of a product's projector.
+#[derive(Debug, Clone, Serialize)]
+pub struct Command {
+    pub id: i64,
+    pub kind: String,
+    /// `pending`, `running`, `done` or `failed`.
+    pub state: &'static str,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Events done (a rebuild's events replayed), and the number to do.
+    pub progress: i64,
+    pub target: i64,
+    /// What it did, or why it failed.
+    pub outcome: Option<serde_json::Value>,
+}
+
+const COMMAND_COLUMNS: &str = "id, kind, requested_by, requested_at, started_at, finished_at, progress, target, failed, outcome";
+
+fn command(r: &sqlx::any::AnyRow) -> Result<Command> {
+    let started: Option<i64> = r.try_get(4)?;
+    let finished: Option<i64> = r.try_get(5)?;
+    let failed: i64 = r.try_get(8)?;
+    let outcome: Option<String> = r.try_get(9)?;
+    Ok(Command {
+        id: r.try_get(0)?,
+        kind: r.try_get(1)?,
+        state: match (started, finished, failed) {
+            (_, Some(_), 0) => "done",
+            (_, Some(_), _) => "failed",
+            (Some(_), None, _) => "running",
+            (None, None, _) => "pending",
+        },
+        requested_by: r.try_get(2)?,
+        requested_at: rfc3339(r.try_get(3)?),
+        started_at: started.map(rfc3339),
+        finished_at: finished.map(rfc3339),
+        progress: r.try_get(6)?,
+        target: r.try_get(7)?,
+        outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+    })
+}
+
+impl Store {
+    /// Asks the product's projector to `kind` (`rebuild`, `compact`,
+    /// `vacuum`); the same request still pending is not asked twice.
+    pub async fn request_command(&self, domain: &str, name: &str, kind: &str, by: &str) -> Result<Command> {
+        let product = self.product_row(domain, name).await?;
+        let mut tx = self.begin_write().await?;
+        let pending = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM projection_commands WHERE product_id = $1 AND kind = $2 AND started_at IS NULL"
+        )))
+        .bind(product.id)
+        .bind(kind)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let row = match pending {
+            Some(row) => row,
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO projection_commands (product_id, kind, requested_by, requested_at, progress, target, failed) \
+                     VALUES ($1, $2, $3, $4, 0, 0, 0) RETURNING {COMMAND_COLUMNS}"
+                )))
+                .bind(product.id)
+                .bind(kind)
+                .bind(by)
+                .bind(now_micros())
+                .fetch_one(&mut **tx)
+                .await?
+            }
+        };
+        let out = command(&row)?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The oldest unfinished command of a product.
+    pub async fn next_command(&self, domain: &str, name: &str) -> Result<Option<Command>> {
+        let product = self.product_row(domain, name).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM projection_commands WHERE product_id = $1 AND finished_at IS NULL ORDER BY id LIMIT 1"
+        )))
+        .bind(product.id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(command).transpose()
+    }
+
+    /// One command of a product.
+    pub async fn command(&self, domain: &str, name: &str, id: i64) -> Result<Command> {
+        let product = self.product_row(domain, name).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM projection_commands WHERE product_id = $1 AND id = $2"
+        )))
+        .bind(product.id)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| crate::Error::NotFound { what: format!("command {id} of {domain}/{name}") })?;
+        command(&row)
+    }
+
+    /// Records a command's progress (marking it started).
+    pub async fn command_progress(&self, id: i64, progress: i64, target: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE projection_commands SET started_at = COALESCE(started_at, $2), progress = $3, target = $4 WHERE id = $1")
+            .bind(id)
+            .bind(now_micros())
+            .bind(progress)
+            .bind(target)
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Ends a command with what it did, or its error.
+    pub async fn finish_command(&self, id: i64, outcome: std::result::Result<serde_json::Value, String>) -> Result<()> {
+        let (failed, text) = match outcome {
+            Ok(v) => (0, v.to_string()),
+            Err(e) => (1, serde_json::Value::from(e).to_string()),
+        };
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE projection_commands SET started_at = COALESCE(started_at, $2), finished_at = $2, failed = $3, outcome = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(failed)
+        .bind(text)
+        .execute(&mut **tx)
+        .await?;
         tx.commit().await
     }
 }

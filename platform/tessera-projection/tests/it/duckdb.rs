@@ -39,8 +39,10 @@ pub async fn rows(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
                 arrow::compute::cast(c, f.data_type()).unwrap_or_else(|e| panic!("column {}: {e}", f.name()))
             })
             .collect();
-        let formatters: Vec<_> =
-            columns.iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default().with_null("∅")).expect("formatter")).collect();
+        let formatters: Vec<_> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default().with_null("∅")).expect("formatter"))
+            .collect();
         for row in 0..b.num_rows() {
             out.push(formatters.iter().map(|f| f.value(row).to_string()).collect::<Vec<_>>().join(" | "));
         }

@@ -64,7 +64,8 @@ async fn time_travel_returns_what_a_rebuild_up_to_there_returns() {
         for c in versions.iter().filter(|c| c.position.is_some()) {
             let position = c.position.expect("position");
             let rebuilt = rebuilt_up_to(&store, dir.path(), position).await;
-            let by_version = rows(&scan("orders", &at_version(&url, c.version).await.expect("version")).await.expect("scan"), &schema).await;
+            let by_version =
+                rows(&scan("orders", &at_version(&url, c.version).await.expect("version")).await.expect("scan"), &schema).await;
             assert_eq!(by_version, rebuilt["orders"], "seed {seed}: orders at version {}", c.version);
             // Several commits may share a millisecond: the time names the newest of them.
             let ms = c.timestamp.expect("commit time");

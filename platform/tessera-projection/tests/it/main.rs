@@ -1,6 +1,8 @@
 //! Delta tables in a local directory: create, append with the applied
 //! position, reopen and resume, read back through DataFusion.
 
+#![allow(clippy::print_stderr)] // Tests say what they skipped.
+
 mod duckdb;
 mod history;
 mod projector;

@@ -192,7 +192,11 @@ async fn events_that_cannot_be_projected_are_dead_letters_and_the_rest_goes_on()
     assert!(letters[0].letter.reason.contains("no row with key [\"ORD-9\"]"), "{}", letters[0].letter.reason);
     assert!(letters[0].letter.reason.contains("`customer_id`"), "{}", letters[0].letter.reason);
     assert_eq!(letters[1].letter.table, "order_lines");
-    assert!(letters[1].letter.reason.contains("unit_price") && letters[1].letter.reason.contains("after the point"), "{}", letters[1].letter.reason);
+    assert!(
+        letters[1].letter.reason.contains("unit_price") && letters[1].letter.reason.contains("after the point"),
+        "{}",
+        letters[1].letter.reason
+    );
 
     let orders = rows_of(&warehouse, "sales", "orders", "orders").await;
     assert_eq!(orders.len(), 1);
@@ -205,5 +209,62 @@ async fn events_that_cannot_be_projected_are_dead_letters_and_the_rest_goes_on()
     again.run(&|_| {}).await.expect("run");
     assert_eq!(store.dead_letters("sales", "orders", 100).await.expect("letters").len(), 2);
     assert_eq!(store.dead_letter_counts("sales", "orders", 1).await.expect("counts"), [("order_lines".into(), 1), ("orders".into(), 1)]);
+    store.close().await;
+}
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_rebuild_swaps_in_fresh_rows_and_a_fixed_contract_applies_its_dead_letters() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = store_with(dir.path(), "sales-orders").await;
+    let line = |n: i64, price: f64| {
+        event("ORD-1", "OrderLineAdded", json!({"order_id": "ORD-1", "line_no": n, "sku": "S", "quantity": 1, "unit_price": price}))
+    };
+    let events = [placed("ORD-1", 10.0, "EUR", 1), line(1, 0.125), line(2, 0.25), line(3, 2.5)];
+    store.append_body(&owner("sales"), "sales", "orders", BodyFormat::Ndjson, ndjson(&events)).await.expect("append");
+    let warehouse = Warehouse::parse("warehouse", dir.path()).expect("warehouse");
+    let mut projector = Projector::new(store.clone(), warehouse.clone(), "sales", "orders").with_batch(2);
+    assert_eq!(projector.run(&|_| {}).await.expect("run").dead_letters, 1);
+    let before: Vec<_> = projector.tables().expect("tables").into_iter().map(|t| (t.name, t.stats.version)).collect();
+    let lines = rows_of(&warehouse, "sales", "orders", "order_lines").await;
+    assert_eq!(lines.len(), 2);
+
+    let progress = std::sync::Mutex::new(Vec::new());
+    let report = projector.rebuild(&|done, total| progress.lock().expect("lock").push((done, total))).await.expect("rebuild");
+    assert_eq!(report["events"], 4, "{report}");
+    assert_eq!(progress.lock().expect("lock").last(), Some(&(4, 4)));
+    assert_eq!(rows_of(&warehouse, "sales", "orders", "order_lines").await, lines, "the same rows, rebuilt");
+    for ((name, old), new) in before.iter().zip(projector.tables().expect("tables")) {
+        assert_eq!(new.stats.version, old + 1, "{name}: the swap is one commit");
+        assert_eq!(new.applied_position, store.head("sales", "orders").await.expect("head"));
+    }
+    assert_eq!(store.dead_letters("sales", "orders", 10).await.expect("letters").len(), 1);
+    let staging = dir.path().join("warehouse/sales/orders/_staging");
+    assert_eq!(files_under(&staging), 0, "the scratch tables are gone");
+    // The versions before the swap are still readable.
+    let url = warehouse.table_url("sales", "orders", 1, "order_lines");
+    let old = tessera_projection::history::at_version(&url, u64::try_from(before[1].1).expect("version")).await.expect("old version");
+    assert_eq!(tessera_projection::history::scan("order_lines", &old).await.expect("scan").iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+
+    // A minor version that widens the price to three decimals: the tables
+    // are rewritten in the new type, and the price set aside fits now.
+    let contract = std::fs::read_to_string(repo().join("products/sales-orders/contract.yaml")).expect("contract");
+    let widened = contract
+        .replacen("version: 1.2.0", "version: 1.3.0", 1)
+        .replace(r#"unit_price: { type: "decimal(12,2)""#, r#"unit_price: { type: "decimal(13,3)""#);
+    assert_ne!(widened, contract);
+    store.publish(&owner("sales"), &widened).await.expect("a compatible minor version");
+    let report = projector.run(&|_| {}).await.expect("run on the new version");
+    assert_eq!(report.dead_letters, 0);
+    let lines = rows_of(&warehouse, "sales", "orders", "order_lines").await;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("0.125")), "{lines:#?}");
+    assert!(store.dead_letters("sales", "orders", 10).await.expect("letters").is_empty());
     store.close().await;
 }

@@ -9,7 +9,8 @@ use crate::support::{ANALYST, ORDER_EVENTS, ORDERS, SALES, TestServer};
 on_both!(
     appended_events_become_tables_with_lag_and_quality_in_the_api,
     dead_letters_are_listed_to_the_domain_only,
-    an_entity_as_it_was_at_a_position_or_a_time
+    an_entity_as_it_was_at_a_position_or_a_time,
+    rebuild_compact_and_vacuum_on_request
 );
 
 fn table<'a>(product: &'a Value, name: &str) -> &'a Value {
@@ -52,7 +53,10 @@ async fn appended_events_become_tables_with_lag_and_quality_in_the_api(s: &TestS
     let labels = |t: &str| format!("{{domain=\"sales\",product=\"orders\",table=\"{t}\"}}");
     assert!(text.contains(&format!("tessera_projection_lag_events{} 0", labels("orders"))), "{text}");
     assert!(text.contains(&format!("tessera_table_rows{} {lines}", labels("order_lines"))), "{text}");
-    assert!(text.contains("tessera_quality_check_passed{domain=\"sales\",product=\"orders\",table=\"orders\",check=\"unique(order_id)\"} 1"), "{text}");
+    assert!(
+        text.contains("tessera_quality_check_passed{domain=\"sales\",product=\"orders\",table=\"orders\",check=\"unique(order_id)\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("tessera_projection_lag_seconds"), "{text}");
 
     // More events: the projector wakes and applies them.
@@ -137,4 +141,64 @@ async fn an_entity_as_it_was_at_a_position_or_a_time(s: &TestServer) {
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_as_of")), "{body}");
     assert_eq!(s.get("/api/v1/products/sales/orders/streams/ORD-T/state", Some(ANALYST)).await.0, 403);
     assert_eq!(s.get("/api/v1/products/sales/orders/streams/ORD-T/state", None).await.0, 401);
+}
+
+/// Asks for a command and waits for its end.
+async fn run_command(s: &TestServer, kind: &str) -> Value {
+    let (status, command) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/products/sales/orders/commands",
+            Some(SALES),
+            Some("application/json"),
+            json!({"kind": kind}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{command}");
+    let id = command["id"].as_i64().expect("id");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, command) = s.get(&format!("/api/v1/products/sales/orders/commands/{id}"), Some(SALES)).await;
+        assert_eq!(status, 200, "{command}");
+        if matches!(command["state"].as_str(), Some("done" | "failed")) {
+            return command;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kind} did not finish within a minute: {command}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn rebuild_compact_and_vacuum_on_request(s: &TestServer) {
+    assert_eq!(s.publish(Some(SALES), ORDERS).await.0, 201);
+    let (_, body) = s.append(Some(SALES), "sales/orders", "application/x-ndjson", ORDER_EVENTS).await;
+    let before = s.projected("sales/orders", body["last_position"].as_i64().expect("position")).await;
+
+    let rebuilt = run_command(s, "rebuild").await;
+    assert_eq!(rebuilt["state"], "done", "{rebuilt:#}");
+    let events = ORDER_EVENTS.lines().count() as i64;
+    assert_eq!((rebuilt["progress"].as_i64(), rebuilt["target"].as_i64()), (Some(events), Some(events)), "{rebuilt:#}");
+    assert_eq!(rebuilt["outcome"]["events"], events);
+    let (_, after) = s.get("/api/v1/products/sales/orders", Some(SALES)).await;
+    for name in ["orders", "order_lines", "daily_revenue"] {
+        let (old, new) = (table(&before, name), table(&after, name));
+        assert_eq!(new["version"].as_i64(), old["version"].as_i64().map(|v| v + 1), "{name}: one commit swaps it");
+        assert_eq!(new["rows"], old["rows"], "{name}");
+        assert_eq!(new["lag_events"], 0, "{name}");
+    }
+
+    let compacted = run_command(s, "compact").await;
+    assert_eq!(compacted["state"], "done", "{compacted:#}");
+    let vacuumed = run_command(s, "vacuum").await;
+    assert_eq!(vacuumed["state"], "done", "{vacuumed:#}");
+    let (_, after) = s.get("/api/v1/products/sales/orders", Some(SALES)).await;
+    assert_eq!(table(&after, "orders")["rows"], table(&before, "orders")["rows"]);
+
+    let post = |token: Option<&'static str>, body: Value| {
+        s.call(reqwest::Method::POST, "/api/v1/products/sales/orders/commands", token, Some("application/json"), body.to_string())
+    };
+    assert_eq!(post(Some(ANALYST), json!({"kind": "rebuild"})).await.0, 403);
+    assert_eq!(post(None, json!({"kind": "rebuild"})).await.0, 401);
+    let (status, body) = post(Some(SALES), json!({"kind": "drop"})).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_command")), "{body}");
+    assert_eq!(s.get("/api/v1/products/sales/orders/commands/999999", Some(SALES)).await.0, 404);
 }

@@ -152,7 +152,7 @@ impl TestServer {
             let _ = tx.send(());
         }
         self.task.await.expect("server task").expect("served until shutdown");
-        drop(self.projections);
+        self.projections.shutdown(std::time::Duration::from_secs(10)).await;
         self.store.close().await;
         if let Some((admin, name)) = self.postgres.take() {
             let mut conn = sqlx::PgConnection::connect(&admin).await.expect("admin");

@@ -36,3 +36,21 @@ CREATE TABLE leases (
     holder     TEXT NOT NULL,
     expires_at BIGINT NOT NULL    -- microseconds since the Unix epoch
 );
+
+-- Work asked of a product's projector (rebuild, compact, vacuum), carried
+-- out by whichever process holds its lease.
+CREATE TABLE projection_commands (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    product_id   BIGINT NOT NULL REFERENCES products (id),
+    kind         TEXT NOT NULL,     -- 'rebuild', 'compact' or 'vacuum'
+    requested_by TEXT NOT NULL,
+    requested_at BIGINT NOT NULL,
+    started_at   BIGINT,
+    finished_at  BIGINT,
+    progress     BIGINT NOT NULL,   -- events done (a rebuild's events replayed)
+    target       BIGINT NOT NULL,   -- events to do
+    failed       BIGINT NOT NULL,   -- 1 if it ended in an error
+    outcome      TEXT               -- JSON: what it did, or the error
+);
+
+CREATE INDEX projection_commands_pending ON projection_commands (product_id, finished_at);
