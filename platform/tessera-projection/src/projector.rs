@@ -72,6 +72,8 @@ struct Generation {
     /// Columns whose type the contract changed since the tables were
     /// written: the tables must be rebuilt before anything else.
     retyped: Vec<String>,
+    /// Whether this generation is the live one (it has caught up once).
+    live: bool,
 }
 
 struct Target {
@@ -188,6 +190,9 @@ impl Projector {
             return Ok(());
         }
         let major = contract.version.major;
+        let major_id = i64::try_from(major).unwrap_or(i64::MAX);
+        self.store.ensure_generation(&self.domain, &self.name, major_id).await?;
+        let live = self.store.generations(&self.domain, &self.name).await?.iter().any(|g| g.major == major_id && g.state == "live");
         let mut tables = Vec::with_capacity(contract.tables.len());
         let mut retyped = Vec::new();
         for (name, spec) in &contract.tables {
@@ -199,7 +204,7 @@ impl Projector {
             tables.push(Target { name: name.to_string(), spec: spec.clone(), schema, url, delta: table, applied, last_commit_at: None });
         }
         tracing::info!(product = %self.product(), version = %version, "projecting contract version");
-        self.generation = Some(Generation { contract, version, major, tables, retyped });
+        self.generation = Some(Generation { contract, version, major, tables, retyped, live });
         Ok(())
     }
 
@@ -222,12 +227,16 @@ impl Projector {
         let major = i64::try_from(generation.major).unwrap_or(i64::MAX);
         let mut cursor = generation.tables.iter().filter(|t| is_event_table(t)).map(|t| t.applied).min().unwrap_or(i64::MAX);
         let mut moved: HashSet<String> = HashSet::new();
+        let mut caught_up = cursor >= until;
         while cursor < until {
             if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
                 break;
             }
             let page = self.store.log_after(&self.domain, &self.name, cursor, until, self.batch).await?;
-            let Some(last) = page.events.last() else { break };
+            let Some(last) = page.events.last() else {
+                caught_up = true;
+                break;
+            };
             let end = last.position;
             report.events += page.events.len() as u64;
             for target in generation.tables.iter_mut().filter(|t| is_event_table(t)) {
@@ -250,6 +259,13 @@ impl Projector {
         }
         report.commits += derive(generation, &moved).await?;
         report.position = generation.tables.iter().map(|t| t.applied).min().unwrap_or(0);
+        // A generation goes live once it has caught up with the log; the
+        // one it replaces stays readable until it is retired.
+        if caught_up && until == i64::MAX && !generation.live {
+            self.store.promote_generation(&self.domain, &self.name, major).await?;
+            generation.live = true;
+            tracing::info!(product = %format!("{}/{}", self.domain, self.name), generation = %format!("v{}", generation.major), "generation is live");
+        }
         Ok(report)
     }
 

@@ -109,6 +109,7 @@ impl From<Error> for ApiError {
                 .with("position", position),
             Error::TooManyEvents { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message),
             Error::NoEvents => Self::new(StatusCode::BAD_REQUEST, code, message),
+            Error::Conflict(_) => Self::new(StatusCode::CONFLICT, code, message),
         }
     }
 }

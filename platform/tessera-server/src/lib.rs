@@ -120,7 +120,8 @@ pub fn router(state: AppState) -> Router {
         .route("/products/{domain}/{name}/streams/{stream}/state", get(stream_state))
         .route("/products/{domain}/{name}/dead-letters", get(dead_letters))
         .route("/products/{domain}/{name}/commands", axum::routing::post(request_command))
-        .route("/products/{domain}/{name}/commands/{id}", get(command_status));
+        .route("/products/{domain}/{name}/commands/{id}", get(command_status))
+        .route("/products/{domain}/{name}/generations/{major}/retire", axum::routing::post(retire_generation));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -365,6 +366,23 @@ async fn command_status(
     state.store.product(&domain, &name).await?;
     domain_member(&caller, &domain, "a projection command")?;
     Ok(Json(state.store.command(&domain, &name, id).await?))
+}
+
+/// Retires a generation that a newer major version has replaced: it is
+/// served no more. Its files stay until removed by hand.
+async fn retire_generation(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath((domain, name, major)): ApiPath<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    state.store.product(&domain, &name).await?;
+    domain_member(&caller, &domain, "retiring a generation")?;
+    let number = major.strip_prefix('v').unwrap_or(&major);
+    let major: i64 = number.parse().map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", format!("`{major}` is not a major version; use e.g. /generations/1/retire"))
+    })?;
+    state.store.retire_generation(&domain, &name, major).await?;
+    Ok(Json(json!({ "generations": state.store.generations(&domain, &name).await? })))
 }
 
 /// Prometheus metrics: every table's projection lag, size and quality.

@@ -49,6 +49,9 @@ pub struct ProjectionView {
     pub degraded: bool,
     pub error: Option<String>,
     pub tables: Vec<TableView>,
+    /// Every major version's tables: `building`, `live`, `previous`
+    /// (readable until retired) or `retired`.
+    pub generations: Vec<tessera_store::Generation>,
 }
 
 /// The projection of `domain/name`, if this process knows it.
@@ -108,7 +111,9 @@ async fn build(
     let lag_events = tables.iter().map(|t| t.lag_events).max().unwrap_or(0);
     let lag_seconds = tables.iter().map(|t| t.lag_seconds).fold(0.0, f64::max);
     let degraded = p.error.is_some() || quality.iter().any(|q| !q.passed);
+    let generations = store.generations(domain, name).await?;
     Ok(ProjectionView {
+        generations,
         state: p.state,
         contract_version: p.contract_version,
         generation: p.major.map(|m| format!("v{m}")),

@@ -62,6 +62,8 @@ pub enum Error {
     TooManyEvents { count: usize, max: usize },
     #[error("the request holds no events")]
     NoEvents,
+    #[error("{0}")]
+    Conflict(String),
 }
 
 fn errors(d: &[Diagnostic]) -> usize {
@@ -101,6 +103,7 @@ impl Error {
             Self::EventIdConflict { .. } => "event_id_conflict",
             Self::TooManyEvents { .. } => "too_many_events",
             Self::NoEvents => "no_events",
+            Self::Conflict(_) => "conflict",
         }
     }
 }

@@ -29,7 +29,7 @@ pub use envelope::{EventInput, Expected};
 pub use error::{Error, EventProblem, Result};
 pub use log::{AppendOutcome, AppendedEvent, BodyFormat, LogPage, StoredEvent};
 pub use principals::{Principal, PrincipalRecord};
-pub use projections::{Command, DeadLetter, DeadLetterEntry, QualityResult};
+pub use projections::{Command, DeadLetter, DeadLetterEntry, Generation, QualityResult};
 
 use compiled::Compiled;
 

@@ -344,3 +344,103 @@ impl Store {
         tx.commit().await
     }
 }
+
+/// One generation of a product's tables: those of one major version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Generation {
+    pub major: i64,
+    /// `building`, `live`, `previous` or `retired`.
+    pub state: String,
+    pub created_at: String,
+    pub changed_at: String,
+}
+
+impl Store {
+    /// Records generation `major` as `building` unless it is known.
+    pub async fn ensure_generation(&self, domain: &str, name: &str, major: i64) -> Result<()> {
+        let product = self.product_row(domain, name).await?;
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO generations (product_id, major, state, created_at, changed_at) VALUES ($1, $2, 'building', $3, $3) \
+             ON CONFLICT (product_id, major) DO NOTHING",
+        )
+        .bind(product.id)
+        .bind(major)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Makes generation `major` the live one; the live one before it
+    /// becomes `previous`. Nothing changes if it is live already.
+    pub async fn promote_generation(&self, domain: &str, name: &str, major: i64) -> Result<()> {
+        let product = self.product_row(domain, name).await?;
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE generations SET state = 'previous', changed_at = $3 WHERE product_id = $1 AND state = 'live' AND major <> $2")
+            .bind(product.id)
+            .bind(major)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE generations SET state = 'live', changed_at = $3 WHERE product_id = $1 AND major = $2 AND state <> 'live'")
+            .bind(product.id)
+            .bind(major)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Retires generation `major`: it is served no more. The live one
+    /// cannot be retired.
+    pub async fn retire_generation(&self, domain: &str, name: &str, major: i64) -> Result<()> {
+        let product = self.product_row(domain, name).await?;
+        let mut tx = self.begin_write().await?;
+        let state: Option<String> = sqlx::query("SELECT state FROM generations WHERE product_id = $1 AND major = $2")
+            .bind(product.id)
+            .bind(major)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        match state.as_deref() {
+            None => return Err(crate::Error::NotFound { what: format!("generation v{major} of {domain}/{name}") }),
+            Some("live" | "building") => {
+                return Err(crate::Error::Conflict(format!(
+                    "generation v{major} of {domain}/{name} is {}: only a generation that another has replaced can be retired",
+                    state.unwrap_or_default()
+                )));
+            }
+            Some(_) => {}
+        }
+        sqlx::query("UPDATE generations SET state = 'retired', changed_at = $3 WHERE product_id = $1 AND major = $2")
+            .bind(product.id)
+            .bind(major)
+            .bind(now_micros())
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// A product's generations, oldest first.
+    pub async fn generations(&self, domain: &str, name: &str) -> Result<Vec<Generation>> {
+        let product = self.product_row(domain, name).await?;
+        let rows = sqlx::query("SELECT major, state, created_at, changed_at FROM generations WHERE product_id = $1 ORDER BY major")
+            .bind(product.id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Generation {
+                    major: r.try_get(0)?,
+                    state: r.try_get(1)?,
+                    created_at: rfc3339(r.try_get(2)?),
+                    changed_at: rfc3339(r.try_get(3)?),
+                })
+            })
+            .collect()
+    }
+}

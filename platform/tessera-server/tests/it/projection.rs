@@ -10,7 +10,8 @@ on_both!(
     appended_events_become_tables_with_lag_and_quality_in_the_api,
     dead_letters_are_listed_to_the_domain_only,
     an_entity_as_it_was_at_a_position_or_a_time,
-    rebuild_compact_and_vacuum_on_request
+    rebuild_compact_and_vacuum_on_request,
+    a_new_major_version_is_projected_into_a_generation_of_its_own
 );
 
 fn table<'a>(product: &'a Value, name: &str) -> &'a Value {
@@ -201,4 +202,57 @@ async fn rebuild_compact_and_vacuum_on_request(s: &TestServer) {
     let (status, body) = post(Some(SALES), json!({"kind": "drop"})).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_command")), "{body}");
     assert_eq!(s.get("/api/v1/products/sales/orders/commands/999999", Some(SALES)).await.0, 404);
+}
+
+async fn a_new_major_version_is_projected_into_a_generation_of_its_own(s: &TestServer) {
+    assert_eq!(s.publish(Some(SALES), ORDERS).await.0, 201);
+    let (_, body) = s.append(Some(SALES), "sales/orders", "application/x-ndjson", ORDER_EVENTS).await;
+    let head = body["last_position"].as_i64().expect("position");
+    let v1 = s.projected("sales/orders", head).await;
+    assert_eq!(v1["projection"]["generations"][0]["state"], "live", "{:#}", v1["projection"]);
+
+    // 2.0.0 drops a column: a breaking change, so a new generation.
+    let v2 = ORDERS
+        .replacen("version: 1.2.0", "version: 2.0.0", 1)
+        .replace("            channel: payload.channel\n", "")
+        .replace("      channel: { type: string, description: Where the order was placed }\n", "");
+    let (status, body) = s.publish(Some(SALES), &v2).await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let product = loop {
+        let (_, product) = s.get("/api/v1/products/sales/orders", Some(SALES)).await;
+        let generations = &product["projection"]["generations"];
+        if generations[1]["state"] == "live" && product["projection"]["generation"] == "v2" {
+            break product;
+        }
+        assert!(std::time::Instant::now() < deadline, "v2 did not go live: {:#}", product["projection"]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let p = &product["projection"];
+    assert_eq!((p["generation"].as_str(), p["contract_version"].as_str()), (Some("v2"), Some("2.0.0")), "{p:#}");
+    assert_eq!(p["generations"][0]["state"], "previous", "v1 stays readable until retired: {p:#}");
+    let orders = table(&product, "orders");
+    assert!(orders["location"].as_str().is_some_and(|l| l.ends_with("/sales/orders/v2/orders")), "{orders:#}");
+    assert_eq!(orders["rows"], table(&v1, "orders")["rows"], "the whole log, projected again");
+    assert_eq!(orders["applied_position"], head);
+
+    // Both generations are there, each with its own columns.
+    let warehouse = s.projections.warehouse();
+    for (major, has_channel) in [(1, true), (2, false)] {
+        let table = deltalake::open_table(warehouse.table_url("sales", "orders", major, "orders")).await.expect("open");
+        let schema = table.snapshot().expect("snapshot").schema();
+        assert_eq!(schema.field("channel").is_some(), has_channel, "v{major}");
+    }
+
+    let retire = |major: &str| {
+        let path = format!("/api/v1/products/sales/orders/generations/{major}/retire");
+        async move { s.call(reqwest::Method::POST, &path, Some(SALES), None, "").await }
+    };
+    let (status, body) = retire("v2").await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")), "the live generation stays: {body}");
+    let (status, body) = retire("1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generations"][0]["state"], "retired", "{body}");
+    assert_eq!(retire("v9").await.0, 404);
+    assert_eq!(retire("latest").await.0, 400);
 }

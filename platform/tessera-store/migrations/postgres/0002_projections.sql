@@ -54,3 +54,16 @@ CREATE TABLE projection_commands (
 );
 
 CREATE INDEX projection_commands_pending ON projection_commands (product_id, finished_at);
+
+-- Each major version of a contract is projected into tables of its own (a
+-- generation, `v<major>`): 'building' while it catches up with the log,
+-- then 'live'; the one it replaces is 'previous' (still readable) until
+-- retired.
+CREATE TABLE generations (
+    product_id BIGINT NOT NULL REFERENCES products (id),
+    major      BIGINT NOT NULL,
+    state      TEXT NOT NULL,     -- 'building', 'live', 'previous' or 'retired'
+    created_at BIGINT NOT NULL,
+    changed_at BIGINT NOT NULL,
+    PRIMARY KEY (product_id, major)
+);
