@@ -91,7 +91,7 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
 
     let warehouse = config.warehouse().map_err(anyhow::Error::msg)?;
     tracing::info!(warehouse = %warehouse.root(), "projecting into the warehouse");
-    let projections = Projections::start(store.clone(), warehouse);
+    let projections = Projections::start_with(store.clone(), warehouse, config.projection_options());
     if with_demo {
         let started = std::time::Instant::now();
         for p in store.products().await? {

@@ -15,12 +15,6 @@ use tokio::task::JoinHandle;
 use crate::projector::{Projector, TableState};
 use crate::warehouse::Warehouse;
 
-/// How long a projector's lease lasts without renewal: another process
-/// takes a product over within this time after its holder dies.
-pub const LEASE: Duration = Duration::from_secs(10);
-/// How often a holder renews its lease, and a waiting process retries.
-const RENEW: Duration = Duration::from_secs(3);
-
 /// How the service keeps tables tidy.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -31,11 +25,27 @@ pub struct Options {
     pub compact_after_files: usize,
     /// How often each product's tables are vacuumed.
     pub vacuum_every: Duration,
+    /// How long a projector's lease lasts without renewal: another process
+    /// takes a product over within this time after its holder dies. The
+    /// holder renews it three times as often.
+    pub lease: Duration,
+}
+
+impl Options {
+    /// How often a holder renews its lease, and a waiting process retries.
+    fn renew(&self) -> Duration {
+        self.lease / 3
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { retention: Duration::from_secs(7 * 24 * 3600), compact_after_files: 64, vacuum_every: Duration::from_secs(24 * 3600) }
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            compact_after_files: 64,
+            vacuum_every: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(10),
+        }
     }
 }
 
@@ -108,6 +118,7 @@ impl Projections {
             stop: tokio::sync::watch::Sender::new(false),
         });
         let weak = Arc::downgrade(&inner);
+        let renew = inner.options.renew();
         let supervisor = tokio::spawn(async move {
             let mut events = match weak.upgrade() {
                 Some(inner) => inner.store.subscribe(),
@@ -121,7 +132,7 @@ impl Projections {
                 drop(inner);
                 // New products show up with their first events, or at the
                 // next look round.
-                let _ = tokio::time::timeout(RENEW, events.recv()).await;
+                let _ = tokio::time::timeout(renew, events.recv()).await;
             }
         });
         if let Ok(mut s) = inner.supervisor.lock() {
@@ -278,19 +289,20 @@ async fn follow_until_stopped(
             return;
         }
         let Some(inner) = weak.upgrade() else { return };
-        match inner.store.try_lease(lease, holder, LEASE).await {
+        let renew = inner.options.renew();
+        match inner.store.try_lease(lease, holder, inner.options.lease).await {
             Ok(true) => {}
             Ok(false) => {
                 projector.reset();
                 inner.update(&product, |s| s.state = "standby");
                 drop(inner);
-                pause(stop, RENEW).await;
+                pause(stop, renew).await;
                 continue;
             }
             Err(e) => {
                 inner.update(&product, |s| s.error = Some(format!("lease: {e}")));
                 drop(inner);
-                pause(stop, RENEW).await;
+                pause(stop, renew).await;
                 continue;
             }
         }
@@ -337,7 +349,7 @@ async fn follow_until_stopped(
             announced = 0;
             continue;
         }
-        let deadline = tokio::time::Instant::now() + RENEW;
+        let deadline = tokio::time::Instant::now() + renew;
         loop {
             let next = tokio::select! {
                 n = tokio::time::timeout_at(deadline, events.recv()) => n,

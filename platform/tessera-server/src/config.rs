@@ -7,6 +7,8 @@
 //! # database_url = "postgres://tessera@db.internal/tessera"
 //! max_body_bytes = 67108864
 //! # warehouse = "s3://bucket/prefix"   # default: <data_dir>/warehouse
+//! retention_hours = 168        # time travel window: vacuum keeps files younger than this
+//! compact_after_files = 64     # a table with this many files is compacted
 //!
 //! [[principals]]
 //! name = "sales-bot"
@@ -16,7 +18,8 @@
 //! ```
 //!
 //! Environment: `TESSERA_LISTEN`, `TESSERA_DATA_DIR`, `TESSERA_DATABASE_URL`,
-//! `TESSERA_MAX_BODY_BYTES`, `TESSERA_WAREHOUSE`. S3 credentials and endpoint come
+//! `TESSERA_MAX_BODY_BYTES`, `TESSERA_WAREHOUSE`, `TESSERA_RETENTION_HOURS`,
+//! `TESSERA_COMPACT_AFTER_FILES`. S3 credentials and endpoint come
 //! from the standard `AWS_*` environment variables.
 
 use std::net::SocketAddr;
@@ -43,6 +46,11 @@ pub struct Config {
     /// directory) or a URL such as `s3://bucket/prefix`. `None`:
     /// `<data_dir>/warehouse`.
     pub warehouse: Option<String>,
+    /// Vacuum deletes files that no table version younger than this reads:
+    /// time travel works inside this window.
+    pub retention_hours: u64,
+    /// A table with this many live files is compacted after a projection run.
+    pub compact_after_files: usize,
     /// A governance policy file replacing the built-in `contracts/policies.yaml`.
     pub policy: Option<PathBuf>,
     pub principals: Vec<PrincipalConfig>,
@@ -56,6 +64,8 @@ impl Default for Config {
             database_url: None,
             max_body_bytes: 64 * 1024 * 1024,
             warehouse: None,
+            retention_hours: 168,
+            compact_after_files: 64,
             policy: None,
             principals: Vec::new(),
         }
@@ -87,8 +97,16 @@ impl Config {
             None if Path::new("tessera.toml").exists() => figment = figment.merge(Toml::file_exact("tessera.toml")),
             None => {}
         }
-        figment =
-            figment.merge(Env::prefixed("TESSERA_").only(&["listen", "data_dir", "database_url", "max_body_bytes", "policy", "warehouse"]));
+        figment = figment.merge(Env::prefixed("TESSERA_").only(&[
+            "listen",
+            "data_dir",
+            "database_url",
+            "max_body_bytes",
+            "policy",
+            "warehouse",
+            "retention_hours",
+            "compact_after_files",
+        ]));
         figment.extract().map_err(|e| format!("invalid configuration: {e}"))
     }
 
@@ -102,6 +120,15 @@ impl Config {
         match &self.warehouse {
             Some(location) => tessera_projection::Warehouse::parse(location, Path::new(".")),
             None => tessera_projection::Warehouse::parse("warehouse", &self.data_dir),
+        }
+    }
+
+    /// How the projectors keep tables tidy.
+    pub fn projection_options(&self) -> tessera_projection::service::Options {
+        tessera_projection::service::Options {
+            retention: std::time::Duration::from_secs(self.retention_hours.saturating_mul(3600)),
+            compact_after_files: self.compact_after_files.max(2),
+            ..Default::default()
         }
     }
 

@@ -268,3 +268,50 @@ async fn a_rebuild_swaps_in_fresh_rows_and_a_fixed_contract_applies_its_dead_let
     assert!(store.dead_letters("sales", "orders", 10).await.expect("letters").is_empty());
     store.close().await;
 }
+
+/// Two processes share one database and warehouse: one projects, the other
+/// stands by, and takes over within the lease once the first dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_lease_holder_dies() {
+    use std::time::Duration;
+    use tessera_projection::Projections;
+    use tessera_projection::service::Options;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let store = store_with(dir.path(), "sales-orders").await;
+    let warehouse = Warehouse::parse("warehouse", dir.path()).expect("warehouse");
+    let options = Options { lease: Duration::from_millis(1500), ..Options::default() };
+    let events = std::fs::read(repo().join("products/sales-orders/events.ndjson")).expect("events");
+    let outcome = store.append_body(&owner("sales"), "sales", "orders", BodyFormat::Ndjson, events).await.expect("append");
+
+    let first = Projections::start_with(store.clone(), warehouse.clone(), options.clone());
+    assert!(
+        first.wait_for("sales", "orders", outcome.last_position.expect("position"), Duration::from_secs(60)).await,
+        "{:?}",
+        first.product("sales", "orders")
+    );
+    let second = Projections::start_with(store.clone(), warehouse.clone(), options.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while second.product("sales", "orders").is_none_or(|p| p.state != "standby") {
+        assert!(std::time::Instant::now() < deadline, "the second process stands by: {:?}", second.product("sales", "orders"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.product("sales", "orders").map(|p| p.state), Some("running"));
+
+    // The holder dies without a word: its lease runs out.
+    drop(first);
+    let more = [placed("ORD-LATE", 5.0, "EUR", 3)];
+    let late = store.append_body(&owner("sales"), "sales", "orders", BodyFormat::Ndjson, ndjson(&more)).await.expect("append");
+    let started = std::time::Instant::now();
+    assert!(
+        second.wait_for("sales", "orders", late.last_position.expect("position"), Duration::from_secs(20)).await,
+        "the standby took over: {:?}",
+        second.product("sales", "orders")
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "within seconds: {:?}", started.elapsed());
+    assert_eq!(second.product("sales", "orders").map(|p| p.state), Some("running"));
+    let orders = rows_of(&warehouse, "sales", "orders", "orders").await;
+    assert!(orders.iter().any(|r| r.starts_with("ORD-LATE |")), "{orders:?}");
+    second.shutdown(Duration::from_secs(10)).await;
+    store.close().await;
+}
