@@ -384,7 +384,7 @@ pub fn run(args: Args) -> Result<()> {
             table.push(row);
         }
         let report = report(&args, &table, &work, &runtime_facts(&args).await);
-        std::fs::write(&args.output, report)?;
+        crate::write_section(&args.output, "ingest", &report)?;
         println!("wrote {}", args.output.display());
         Ok(())
     })
@@ -411,13 +411,8 @@ async fn runtime_facts(args: &Args) -> String {
 
 fn report(args: &Args, table: &[Row], work: &Workload, facts: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# Benchmarks\n");
-    let _ = writeln!(
-        out,
-        "Written by `bench/run`; do not edit by hand. Every figure is a median over {} runs, measured in the same run as its baseline.\n",
-        args.runs
-    );
     let _ = writeln!(out, "## Ingest\n");
+    let _ = writeln!(out, "Medians over {} runs.\n", args.runs);
     let _ = writeln!(
         out,
         "{} events of `sales/orders` (the sample file repeated with fresh ids and stream names, old schema versions and expected versions included) \
@@ -464,7 +459,7 @@ fn report(args: &Args, table: &[Row], work: &Workload, facts: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## Reproduce\n\n```sh\nbench/run ingest            # 1M events, 3 runs, SQLite and PostgreSQL\nbench/run ingest --events 100000 --runs 1 --postgres none\n```"
+        "\nReproduce: `bench/run ingest` (1M events, 3 runs, SQLite and PostgreSQL); `bench/run ingest --events 100000 --runs 1 --postgres none` for a quick look."
     );
     out
 }

@@ -6,10 +6,17 @@
 //! `tessera serve` process, NDJSON batches) against the raw baseline of
 //! inserting the same rows into the same schema without the platform (one
 //! transaction, one prepared statement), on SQLite and PostgreSQL.
+//!
+//! `projection`: 1M and 10M events into an append table and an upsert
+//! table, against DuckDB doing the same transformation on the same events.
+//!
+//! Each benchmark rewrites its own section of the report, between
+//! `<!-- bench:NAME -->` markers, and leaves the others as they were.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // A benchmark reports.
 
 mod ingest;
+mod projection;
 
 use std::path::PathBuf;
 
@@ -26,13 +33,31 @@ struct Cli {
 enum Bench {
     /// Event ingest through the HTTP API vs. raw inserts.
     Ingest(ingest::Args),
+    /// Projection into append and upsert tables vs. DuckDB.
+    Projection(projection::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.bench {
         Bench::Ingest(args) => ingest::run(args),
+        Bench::Projection(args) => projection::run(args),
     }
+}
+
+/// Replaces section `name` of the report at `path` (between its markers),
+/// or adds it, keeping every other section.
+pub fn write_section(path: &std::path::Path, name: &str, markdown: &str) -> anyhow::Result<()> {
+    const HEADER: &str = "# Benchmarks\n\nWritten by `bench/run`; do not edit by hand. Every figure is a median, measured in the same run as its baseline.\n";
+    let (begin, end) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
+    let current = std::fs::read_to_string(path).unwrap_or_else(|_| HEADER.to_owned());
+    let block = format!("{begin}\n{}\n{end}", markdown.trim_end());
+    let updated = match (current.find(&begin), current.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &current[..a], &current[b + end.len()..]),
+        _ => format!("{}\n\n{block}\n", current.trim_end()),
+    };
+    std::fs::write(path, updated)?;
+    Ok(())
 }
 
 /// The median of some measurements.

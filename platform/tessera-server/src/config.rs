@@ -9,6 +9,7 @@
 //! # warehouse = "s3://bucket/prefix"   # default: <data_dir>/warehouse
 //! retention_hours = 168        # time travel window: vacuum keeps files younger than this
 //! compact_after_files = 64     # a table with this many files is compacted
+//! lease_seconds = 10           # another process takes a product's projection over this long after its holder dies
 //!
 //! [[principals]]
 //! name = "sales-bot"
@@ -19,7 +20,7 @@
 //!
 //! Environment: `TESSERA_LISTEN`, `TESSERA_DATA_DIR`, `TESSERA_DATABASE_URL`,
 //! `TESSERA_MAX_BODY_BYTES`, `TESSERA_WAREHOUSE`, `TESSERA_RETENTION_HOURS`,
-//! `TESSERA_COMPACT_AFTER_FILES`. S3 credentials and endpoint come
+//! `TESSERA_COMPACT_AFTER_FILES`, `TESSERA_LEASE_SECONDS`. S3 credentials and endpoint come
 //! from the standard `AWS_*` environment variables.
 
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ pub struct Config {
     pub retention_hours: u64,
     /// A table with this many live files is compacted after a projection run.
     pub compact_after_files: usize,
+    /// How long a projector's lease outlives its holder: another process
+    /// (or this one, restarted) takes the product over after this long.
+    pub lease_seconds: u64,
     /// A governance policy file replacing the built-in `contracts/policies.yaml`.
     pub policy: Option<PathBuf>,
     pub principals: Vec<PrincipalConfig>,
@@ -66,6 +70,7 @@ impl Default for Config {
             warehouse: None,
             retention_hours: 168,
             compact_after_files: 64,
+            lease_seconds: 10,
             policy: None,
             principals: Vec::new(),
         }
@@ -128,6 +133,7 @@ impl Config {
         tessera_projection::service::Options {
             retention: std::time::Duration::from_secs(self.retention_hours.saturating_mul(3600)),
             compact_after_files: self.compact_after_files.max(2),
+            lease: std::time::Duration::from_secs(self.lease_seconds.max(1)),
             ..Default::default()
         }
     }

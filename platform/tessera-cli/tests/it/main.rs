@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // Test code: a panic is a failure.
 
 mod contracts;
+mod crash;
 mod samples;
 mod serve;
 

@@ -6,6 +6,7 @@
 mod duckdb;
 mod history;
 mod projector;
+mod s3;
 
 use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::prelude::SessionContext;

@@ -1,0 +1,323 @@
+//! `projection`: N events projected into (a) an append table and (b) an
+//! upsert table over K keys, by Tessera's projector (release build, Delta
+//! tables in a local directory), side by side with DuckDB (PyPI) doing the
+//! same transformation on the same events exported as NDJSON (`read_json`,
+//! then `COPY TO` Parquet; for the upsert, the latest value per key). Then
+//! an incremental run over 1% new events against the full run.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use tessera_contract::{Policy, Role};
+use tessera_projection::{Projector, Warehouse};
+use tessera_store::{BodyFormat, Principal, Store};
+
+use crate::median;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Event counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    events: Vec<usize>,
+    /// Distinct keys of the upsert table.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Runs per measurement (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A Python with the `duckdb` package (`.ci/run`'s venv has one).
+    #[arg(long, env = "TESSERA_PYTHON", default_value = "python3")]
+    python: PathBuf,
+    /// Where to write the report (its `projection` section).
+    #[arg(long, default_value = "bench/README.md")]
+    output: PathBuf,
+    /// Events per projector batch (one Delta commit per table per batch).
+    #[arg(long, default_value_t = tessera_projection::projector::DEFAULT_BATCH)]
+    batch: i64,
+    /// Accepted from `bench/run`, which passes it to every benchmark.
+    #[arg(long, hide = true)]
+    tessera: Option<PathBuf>,
+}
+
+/// One product per table kind, over the same event type.
+fn contract(name: &str, table: &str) -> String {
+    format!(
+        r#"domain: bench
+name: {name}
+version: 1.0.0
+title: Projection benchmark ({name})
+description: Synthetic readings for the projection benchmark.
+owner:
+  team: bench
+  contact: bench@example.com
+status: draft
+events:
+  Reading:
+    version: 1
+    subject: key
+    schema:
+      type: object
+      required: [key, value, at, note]
+      properties:
+        key: {{ type: string }}
+        value: {{ type: integer }}
+        at: {{ type: string, format: date-time }}
+        note: {{ type: string }}
+tables:
+{table}"#
+    )
+}
+
+const APPEND_TABLE: &str = r#"  readings:
+    description: Every reading.
+    append:
+      from:
+        Reading:
+          set:
+            key: payload.key
+            value: payload.value
+            at: payload.at
+            note: payload.note
+    columns:
+      key: { type: string, required: true, description: Sensor }
+      value: { type: int64, required: true, description: Reading }
+      at: { type: timestamp, required: true, description: When }
+      note: { type: string, description: Free text }
+"#;
+
+const UPSERT_TABLE: &str = r#"  latest:
+    description: The latest reading per key.
+    upsert:
+      key: [key]
+      from:
+        Reading:
+          set:
+            key: payload.key
+            value: payload.value
+            at: payload.at
+            note: payload.note
+    columns:
+      key: { type: string, required: true, description: Sensor }
+      value: { type: int64, required: true, description: Reading }
+      at: { type: timestamp, required: true, description: When }
+      note: { type: string, description: Free text }
+"#;
+
+const DUCKDB: &str = r#"
+import sys, time, duckdb
+events, out, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+con = duckdb.connect()
+cols = "{'pos': 'BIGINT', 'key': 'VARCHAR', 'value': 'BIGINT', 'at': 'TIMESTAMPTZ', 'note': 'VARCHAR'}"
+source = f"read_json('{events}', format='newline_delimited', columns={cols})"
+if kind == "append":
+    query = f'SELECT "key", "value", "at", "note" FROM {source}'
+else:
+    query = f'SELECT "key", arg_max("value", pos) AS "value", arg_max("at", pos) AS "at", arg_max("note", pos) AS "note" FROM {source} GROUP BY "key"'
+started = time.perf_counter()
+con.execute(f"COPY ({query}) TO '{out}' (FORMAT parquet)")
+print(time.perf_counter() - started)
+"#;
+
+struct Measured {
+    events: usize,
+    tessera_append: Vec<f64>,
+    tessera_upsert: Vec<f64>,
+    duckdb_append: Vec<f64>,
+    duckdb_upsert: Vec<f64>,
+    incremental_append: f64,
+    incremental_upsert: f64,
+    rows_append: usize,
+    rows_upsert: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.runs == 0 || args.keys == 0 {
+        bail!("--runs and --keys must be at least 1");
+    }
+    let check = std::process::Command::new(&args.python).args(["-c", "import duckdb; print(duckdb.__version__)"]).output();
+    let duckdb_version = match check {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        _ => bail!(
+            "{} cannot import duckdb: pass --python (or TESSERA_PYTHON) of a venv with it, e.g. ~/.cache/tessera/venv/bin/python",
+            args.python.display()
+        ),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut results = Vec::new();
+    for &n in &args.events {
+        println!("projection: {n} events, {} keys, {} runs", args.keys, args.runs);
+        results.push(runtime.block_on(measure(&args, n))?);
+    }
+    let section = report(&args, &duckdb_version, &results);
+    crate::write_section(&args.output, "projection", &section)?;
+    println!("wrote {}", args.output.display());
+    Ok(())
+}
+
+fn owner() -> Principal {
+    Principal { name: "bench".into(), roles: vec![Role::Owner], domains: vec!["bench".into()] }
+}
+
+/// Appends `count` readings (from `first`) to both products, and to the
+/// NDJSON export DuckDB reads.
+async fn load(store: &Store, export: &mut std::io::BufWriter<std::fs::File>, first: usize, count: usize, keys: usize) -> Result<()> {
+    let mut rng = fastrand::Rng::with_seed(first as u64 + 7);
+    const CHUNK: usize = 20_000;
+    let mut i = first;
+    while i < first + count {
+        let end = (i + CHUNK).min(first + count);
+        let mut body = String::with_capacity((end - i) * 180);
+        for pos in i..end {
+            let key = format!("K-{:06}", rng.usize(0..keys));
+            let value = rng.i64(0..1_000_000);
+            let at = format!("2026-01-{:02}T{:02}:{:02}:{:02}Z", 1 + pos % 28, pos % 24, pos % 60, (pos / 60) % 60);
+            let note = format!("reading {pos} of {key}");
+            let payload = serde_json::json!({"key": key, "value": value, "at": at, "note": note});
+            body.push_str(&serde_json::json!({"stream": key, "type": "Reading", "payload": payload}).to_string());
+            body.push('\n');
+            writeln!(export, "{}", serde_json::json!({"pos": pos, "key": key, "value": value, "at": at, "note": note}))?;
+        }
+        for product in ["appends", "upserts"] {
+            store.append_body(&owner(), "bench", product, BodyFormat::Ndjson, bytes::Bytes::from(body.clone().into_bytes())).await?;
+        }
+        i = end;
+    }
+    export.flush()?;
+    Ok(())
+}
+
+/// Seconds for a full projection of `product` into a fresh warehouse.
+async fn project(store: &Store, dir: &Path, label: &str, product: &str, batch: i64) -> Result<(f64, Projector)> {
+    let warehouse = Warehouse::parse(label, dir).map_err(anyhow::Error::msg)?;
+    let mut projector = Projector::new(store.clone(), warehouse, "bench", product).with_batch(batch);
+    let started = Instant::now();
+    projector.run(&|_| {}).await?;
+    Ok((started.elapsed().as_secs_f64(), projector))
+}
+
+fn duckdb(python: &Path, events: &Path, out: &Path, kind: &str) -> Result<f64> {
+    let o = std::process::Command::new(python).args(["-c", DUCKDB]).arg(events).arg(out).arg(kind).output()?;
+    if !o.status.success() {
+        bail!("DuckDB failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    String::from_utf8_lossy(&o.stdout).trim().parse().context("DuckDB's timing")
+}
+
+async fn measure(args: &Args, n: usize) -> Result<Measured> {
+    let dir = tempfile::tempdir_in(".").context("a scratch directory here")?;
+    let store = Store::open(&tessera_store::db::sqlite_url(dir.path()), Policy::builtin()).await?;
+    store.publish(&owner(), &contract("appends", APPEND_TABLE)).await?;
+    store.publish(&owner(), &contract("upserts", UPSERT_TABLE)).await?;
+    let export_path = dir.path().join("events.ndjson");
+    let mut export = std::io::BufWriter::new(std::fs::File::create(&export_path)?);
+    let started = Instant::now();
+    load(&store, &mut export, 0, n, args.keys).await?;
+    println!("  loaded {n} events into both products in {:.0} s", started.elapsed().as_secs_f64());
+
+    let mut m = Measured {
+        events: n,
+        tessera_append: Vec::new(),
+        tessera_upsert: Vec::new(),
+        duckdb_append: Vec::new(),
+        duckdb_upsert: Vec::new(),
+        incremental_append: 0.0,
+        incremental_upsert: 0.0,
+        rows_append: 0,
+        rows_upsert: 0,
+    };
+    let mut last = None;
+    for run in 0..args.runs {
+        for label in ["append", "upsert"] {
+            let _ = std::fs::remove_dir_all(dir.path().join(format!("{label}-{}", run.wrapping_sub(1))));
+        }
+        let (a, pa) = project(&store, dir.path(), &format!("append-{run}"), "appends", args.batch).await?;
+        let (u, pu) = project(&store, dir.path(), &format!("upsert-{run}"), "upserts", args.batch).await?;
+        let da = duckdb(&args.python, &export_path, &dir.path().join("duckdb-append.parquet"), "append")?;
+        let du = duckdb(&args.python, &export_path, &dir.path().join("duckdb-upsert.parquet"), "upsert")?;
+        println!("  run {run}: Tessera append {a:.2} s, upsert {u:.2} s; DuckDB append {da:.2} s, upsert {du:.2} s");
+        m.tessera_append.push(a);
+        m.tessera_upsert.push(u);
+        m.duckdb_append.push(da);
+        m.duckdb_upsert.push(du);
+        last = Some((pa, pu));
+    }
+    let Some((mut pa, mut pu)) = last else { bail!("no run") };
+    m.rows_append = pa.tables()?.iter().map(|t| t.stats.rows).sum();
+    m.rows_upsert = pu.tables()?.iter().map(|t| t.stats.rows).sum();
+
+    // 1% new events, projected incrementally onto the last run's tables.
+    let more = (n / 100).max(1);
+    load(&store, &mut export, n, more, args.keys).await?;
+    let started = Instant::now();
+    pa.run(&|_| {}).await?;
+    m.incremental_append = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    pu.run(&|_| {}).await?;
+    m.incremental_upsert = started.elapsed().as_secs_f64();
+    println!("  incremental over {more} new events: append {:.2} s, upsert {:.2} s", m.incremental_append, m.incremental_upsert);
+    store.close().await;
+    Ok(m)
+}
+
+fn rate(events: usize, seconds: f64) -> String {
+    format!("{:.0}", events as f64 / seconds)
+}
+
+fn report(args: &Args, duckdb_version: &str, results: &[Measured]) -> String {
+    let mut out = String::new();
+    out.push_str("## Projection\n\n");
+    out.push_str(&format!(
+        "N synthetic `Reading` events (one event type, four payload fields, {} keys) appended to two products, then projected by a \
+         release-built projector in process into Delta tables in a local directory: `bench/appends` has an append table (one row per \
+         event), `bench/upserts` an upsert table (the latest reading per key: one MERGE of the net changes per key per batch of {} \
+         events). Each projection reads the events from the SQLite log, upcasts and checks every value against its column, and \
+         commits each batch with its log position. DuckDB {duckdb_version} (PyPI, same machine, same run) does the same \
+         transformation on the same events exported as NDJSON: `read_json`, then `COPY TO` Parquet; for the upsert, `arg_max` of each \
+         column by position, grouped by key. Events/s is N divided by the wall time of one projection; medians of {} runs.\n\n",
+        args.keys, args.batch, args.runs
+    ));
+    out.push_str("| events | table | Tessera (events/s) | DuckDB (events/s) | Tessera / DuckDB | rows | incremental over 1% new events / full run |\n");
+    out.push_str("|---:|---|---:|---:|---:|---:|---:|\n");
+    for m in results {
+        let (ta, tu, da, du) = (median(&m.tessera_append), median(&m.tessera_upsert), median(&m.duckdb_append), median(&m.duckdb_upsert));
+        out.push_str(&format!(
+            "| {} | append | {} | {} | {:.2}× | {} | {:.1}% ({:.2} s / {:.2} s) |\n",
+            m.events,
+            rate(m.events, ta),
+            rate(m.events, da),
+            da / ta,
+            m.rows_append,
+            100.0 * m.incremental_append / ta,
+            m.incremental_append,
+            ta
+        ));
+        out.push_str(&format!(
+            "| {} | upsert | {} | {} | {:.2}× | {} | {:.1}% ({:.2} s / {:.2} s) |\n",
+            m.events,
+            rate(m.events, tu),
+            rate(m.events, du),
+            du / tu,
+            m.rows_upsert,
+            100.0 * m.incremental_upsert / tu,
+            m.incremental_upsert,
+            tu
+        ));
+    }
+    out.push_str("\nTargets: append ≥ 1.0× DuckDB; upsert ≥ 0.5× DuckDB; an incremental run over 1% new events ≤ 5% of a full run.\n\n");
+    out.push_str("All runs (seconds):\n\n");
+    for m in results {
+        let list = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
+        out.push_str(&format!(
+            "- {} events: Tessera append {}; upsert {}; DuckDB append {}; upsert {}\n",
+            m.events,
+            list(&m.tessera_append),
+            list(&m.tessera_upsert),
+            list(&m.duckdb_append),
+            list(&m.duckdb_upsert)
+        ));
+    }
+    out.push_str("\nReproduce: `bench/run projection` (1M and 10M events, 3 runs); `bench/run projection --events 100000 --runs 1` for a quick look.\n");
+    out
+}
