@@ -53,7 +53,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The Delta kernel logs an error for every table it looks for before
+    // creating it, and merges warn of a metric they do not report: noise
+    // for an operator, unless asked for with TESSERA_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error")
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -315,3 +315,49 @@ async fn a_standby_takes_over_when_the_lease_holder_dies() {
     second.shutdown(Duration::from_secs(10)).await;
     store.close().await;
 }
+
+/// A minor version that adds a column evolves the tables in place: no
+/// rebuild, old rows keep their values (the new column null), new rows
+/// fill it.
+#[tokio::test]
+async fn a_minor_version_that_adds_a_column_evolves_the_table_in_place() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = store_with(dir.path(), "sales-orders").await;
+    let line =
+        |n: i64| event("ORD-1", "OrderLineAdded", json!({"order_id": "ORD-1", "line_no": n, "sku": "S", "quantity": 1, "unit_price": 2.5}));
+    store
+        .append_body(&owner("sales"), "sales", "orders", BodyFormat::Ndjson, ndjson(&[placed("ORD-1", 10.0, "EUR", 1), line(1)]))
+        .await
+        .expect("append");
+    let warehouse = Warehouse::parse("warehouse", dir.path()).expect("warehouse");
+    let mut projector = Projector::new(store.clone(), warehouse.clone(), "sales", "orders");
+    projector.run(&|_| {}).await.expect("run");
+    let before = projector.tables().expect("tables").into_iter().find(|t| t.name == "order_lines").expect("order_lines").stats.version;
+
+    let contract = std::fs::read_to_string(repo().join("products/sales-orders/contract.yaml")).expect("contract");
+    let evolved = contract.replacen("version: 1.2.0", "version: 1.3.0", 1).replacen(
+        "            added_at: event.recorded_at\n",
+        "            added_at: event.recorded_at\n            event_id: event.id\n",
+        1,
+    );
+    let evolved = evolved.replacen(
+        "      added_at: { type: timestamp, required: true, description: When the line was recorded }\n",
+        "      added_at: { type: timestamp, required: true, description: When the line was recorded }\n      event_id: { type: string, description: The event that added the line }\n",
+        1,
+    );
+    assert_ne!(evolved, contract);
+    store.publish(&owner("sales"), &evolved).await.expect("a compatible minor version");
+    store.append_body(&owner("sales"), "sales", "orders", BodyFormat::Ndjson, ndjson(&[line(2)])).await.expect("append");
+    projector.run(&|_| {}).await.expect("run on 1.3.0");
+
+    let state = projector.tables().expect("tables").into_iter().find(|t| t.name == "order_lines").expect("order_lines");
+    assert_eq!(state.stats.version, before + 2, "one commit adds the column, one appends: no rebuild");
+    let url = warehouse.table_url("sales", "orders", 1, "order_lines");
+    let table = deltalake::open_table(url).await.expect("open");
+    assert!(table.snapshot().expect("snapshot").schema().field("event_id").is_some());
+    let rows = rows_of(&warehouse, "sales", "orders", "order_lines").await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().any(|r| r.ends_with("| ∅")), "the old row has no event id: {rows:?}");
+    assert!(rows.iter().any(|r| !r.ends_with("| ∅")), "the new row has one: {rows:?}");
+    store.close().await;
+}

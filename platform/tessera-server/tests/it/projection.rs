@@ -191,6 +191,12 @@ async fn rebuild_compact_and_vacuum_on_request(s: &TestServer) {
     assert_eq!(compacted["state"], "done", "{compacted:#}");
     let vacuumed = run_command(s, "vacuum").await;
     assert_eq!(vacuumed["state"], "done", "{vacuumed:#}");
+    // Inside the retention window every version is still readable.
+    let url = s.projections.warehouse().table_url("sales", "orders", 1, "orders");
+    let first = table(&before, "orders")["version"].as_u64().expect("version");
+    let old = tessera_projection::history::at_version(&url, first).await.expect("an old version after vacuum");
+    let rows: usize = tessera_projection::history::scan("orders", &old).await.expect("scan").iter().map(|b| b.num_rows()).sum();
+    assert_eq!(Some(rows as u64), table(&before, "orders")["rows"].as_u64());
     let (_, after) = s.get("/api/v1/products/sales/orders", Some(SALES)).await;
     assert_eq!(table(&after, "orders")["rows"], table(&before, "orders")["rows"]);
 
