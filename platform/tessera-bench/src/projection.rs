@@ -42,7 +42,8 @@ pub struct Args {
 }
 
 /// One product per table kind, over the same event type.
-fn contract(name: &str, table: &str) -> String {
+fn contract(name: &str, table_head: &str) -> String {
+    let table = format!("{table_head}{READING_COLUMNS}");
     format!(
         r#"domain: bench
 name: {name}
@@ -70,11 +71,8 @@ tables:
     )
 }
 
-const APPEND_TABLE: &str = r#"  readings:
-    description: Every reading.
-    append:
-      from:
-        Reading:
+/// Both tables' rule body and columns: every field of the reading.
+const READING_COLUMNS: &str = r#"        Reading:
           set:
             key: payload.key
             value: payload.value
@@ -87,22 +85,17 @@ const APPEND_TABLE: &str = r#"  readings:
       note: { type: string, description: Free text }
 "#;
 
+const APPEND_TABLE: &str = r#"  readings:
+    description: Every reading.
+    append:
+      from:
+"#;
+
 const UPSERT_TABLE: &str = r#"  latest:
     description: The latest reading per key.
     upsert:
       key: [key]
       from:
-        Reading:
-          set:
-            key: payload.key
-            value: payload.value
-            at: payload.at
-            note: payload.note
-    columns:
-      key: { type: string, required: true, description: Sensor }
-      value: { type: int64, required: true, description: Reading }
-      at: { type: timestamp, required: true, description: When }
-      note: { type: string, description: Free text }
 "#;
 
 const DUCKDB: &str = r#"

@@ -64,23 +64,26 @@ fn render_error(status: reqwest::StatusCode, body: &str) -> String {
     out
 }
 
+/// Sends `request`; the body of a successful answer, or `None` once the
+/// server's error is printed (prefixed with `what`).
+async fn exchange(remote: &Remote, request: reqwest::RequestBuilder, what: &str) -> Result<Option<String>> {
+    let response = request.send().await.with_context(|| format!("cannot reach the server at {}", remote.server))?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        eprintln!("{what}: {}", render_error(status, &body));
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
 pub fn publish(file: &Path, remote: &Remote) -> Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     runtime()?.block_on(async {
         let client = reqwest::Client::new();
-        let response = remote
-            .request(&client, reqwest::Method::POST, "/api/v1/products")
-            .header("content-type", "application/yaml")
-            .body(text)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", remote.server))?;
-        let status = response.status();
-        let body = response.text().await?;
-        if !status.is_success() {
-            eprintln!("{}: {}", file.display(), render_error(status, &body));
-            return Ok(ExitCode::from(1));
-        }
+        let request =
+            remote.request(&client, reqwest::Method::POST, "/api/v1/products").header("content-type", "application/yaml").body(text);
+        let Some(body) = exchange(remote, request, &file.display().to_string()).await? else { return Ok(ExitCode::from(1)) };
         let v: Value = serde_json::from_str(&body)?;
         println!(
             "{}/{} {}: {}",
@@ -204,18 +207,8 @@ pub fn projection_command(kind: &str, product: &str, remote: &Remote) -> Result<
     runtime()?.block_on(async {
         let client = reqwest::Client::new();
         let path = format!("/api/v1/products/{domain}/{name}/commands");
-        let response = remote
-            .request(&client, reqwest::Method::POST, &path)
-            .json(&serde_json::json!({ "kind": kind }))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", remote.server))?;
-        let status = response.status();
-        let body = response.text().await?;
-        if !status.is_success() {
-            eprintln!("{product}: {}", render_error(status, &body));
-            return Ok(ExitCode::from(1));
-        }
+        let request = remote.request(&client, reqwest::Method::POST, &path).json(&serde_json::json!({ "kind": kind }));
+        let Some(body) = exchange(remote, request, product).await? else { return Ok(ExitCode::from(1)) };
         let id = serde_json::from_str::<Value>(&body)?["id"].as_i64().context("the server's answer has no command id")?;
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -226,14 +219,11 @@ pub fn projection_command(kind: &str, product: &str, remote: &Remote) -> Result<
         let started = Instant::now();
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            let response = remote.request(&client, reqwest::Method::GET, &format!("{path}/{id}")).send().await?;
-            let status = response.status();
-            let body = response.text().await?;
-            if !status.is_success() {
+            let request = remote.request(&client, reqwest::Method::GET, &format!("{path}/{id}"));
+            let Some(body) = exchange(remote, request, product).await? else {
                 bar.abandon();
-                eprintln!("{product}: {}", render_error(status, &body));
                 return Ok(ExitCode::from(1));
-            }
+            };
             let command: Value = serde_json::from_str(&body)?;
             let target = command["target"].as_i64().unwrap_or(0).max(0) as u64;
             let reached = command["progress"].as_i64().unwrap_or(0).max(0) as u64;
