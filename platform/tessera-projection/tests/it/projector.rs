@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::datafusion::prelude::SessionContext;
 use serde_json::{Value, json};
 use tessera_contract::{Policy, Role};
@@ -35,19 +34,10 @@ pub async fn rows_of(warehouse: &Warehouse, domain: &str, product: &str, table: 
     let ctx = SessionContext::new();
     ctx.register_table("t", delta.table_provider().await.expect("provider")).expect("register");
     let batches = ctx.sql("SELECT * FROM t").await.expect("sql").collect().await.expect("rows");
-    let mut out = Vec::new();
-    for b in &batches {
-        let formatters: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default().with_null("∅")).expect("formatter"))
-            .collect();
-        for row in 0..b.num_rows() {
-            out.push(formatters.iter().map(|f| f.value(row).to_string()).collect::<Vec<_>>().join(" | "));
-        }
+    match batches.first() {
+        Some(first) => crate::duckdb::rows(&batches, &first.schema()).await,
+        None => Vec::new(),
     }
-    out.sort();
-    out
 }
 
 #[tokio::test]
