@@ -210,6 +210,14 @@ impl Store {
             .map_err(Error::from)
     }
 
+    /// One published version's contract, as the platform reads it.
+    pub async fn contract_at(&self, domain: &str, name: &str, version: &str) -> Result<Contract> {
+        let source = self.contract_source(domain, name, version).await?;
+        tessera_contract::lint(&source, self.policy())
+            .contract
+            .ok_or_else(|| Error::Config(format!("the stored contract version {version} of {domain}/{name} no longer parses")))
+    }
+
     pub(crate) async fn product_row(&self, domain: &str, name: &str) -> Result<ProductRow> {
         let row = sqlx::query("SELECT id, current_version FROM products WHERE domain = $1 AND name = $2")
             .bind(domain)

@@ -6,6 +6,7 @@
 //! rule about what may be stored (validation, versions, concurrency,
 //! idempotency, who may write); the HTTP server only translates.
 
+pub mod audit;
 pub mod catalog;
 mod compiled;
 pub mod db;
@@ -23,6 +24,7 @@ use tessera_contract::Policy;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+pub use audit::{AuditEntry, AuditFilter, QueryRecord};
 pub use catalog::{ProductSummary, Published, VersionInfo};
 pub use db::Backend;
 pub use envelope::{EventInput, Expected};

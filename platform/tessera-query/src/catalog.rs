@@ -1,0 +1,428 @@
+//! What a caller may query: every served generation of every product, as
+//! DataFusion catalogs (one per domain) of schemas (one per product) of
+//! masked tables.
+//!
+//! Addresses: `domain.product.table` reads the product's live generation
+//! (its current major version); a previous major that is still served is
+//! the schema `"product@v<major>"`, e.g. `sales."orders@v1".orders`.
+//! Nothing else is in a session's catalog: the raw tables have no name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::empty::EmptyTable;
+use deltalake::DeltaTable;
+use tessera_contract::Contract;
+use tessera_contract::model::Column;
+use tessera_contract::policy::{Policy, Role, Strategy};
+use tessera_projection::Warehouse;
+use tessera_projection::schema::table_schema;
+use tessera_store::{Principal, Store};
+use url::Url;
+
+use crate::mask::{HashKey, Mask};
+use crate::table::{MaskedTable, ServedColumn};
+
+/// One served generation of a product: a schema of the SQL catalog.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub domain: String,
+    pub product: String,
+    pub major: u64,
+    /// The live generation (addressed by the product's name alone).
+    pub live: bool,
+    /// The newest contract of this major version: its tables and the
+    /// classification of every column.
+    pub contract: Arc<Contract>,
+    /// For a previous generation, the live generation's contract: a column
+    /// that the live version masks more strictly is masked that way here too.
+    pub live_contract: Option<Arc<Contract>>,
+}
+
+impl Generation {
+    /// The schema's name: the product's, with `@v<major>` for a previous generation.
+    pub fn schema_name(&self) -> String {
+        if self.live { self.product.clone() } else { format!("{}@v{}", self.product, self.major) }
+    }
+}
+
+/// Which version of a table to read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum At {
+    Latest,
+    Version(u64),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// The roles a principal reads a domain's products with: its configured
+/// roles, and `owner` when it is a member of the domain (and only then).
+pub fn roles_for(principal: &Principal, domain: &str) -> Vec<Role> {
+    let mut roles: Vec<Role> = principal.roles.iter().copied().filter(|r| *r != Role::Owner).collect();
+    if principal.is_member_of(domain) {
+        roles.push(Role::Owner);
+    }
+    if roles.is_empty() {
+        roles.push(Role::Public);
+    }
+    roles
+}
+
+/// The least restrictive strategy any of `roles` gets for `column`; `None`
+/// (not served) when the policy cannot resolve it for one of them.
+pub fn strategy_for(policy: &Policy, column: &Column, roles: &[Role]) -> Option<Strategy> {
+    let mut best: Option<Strategy> = None;
+    for role in roles {
+        let s = policy.effective(column, *role)?;
+        if best.is_none_or(|b| policy.rank(s) < policy.rank(b)) {
+            best = Some(s);
+        }
+    }
+    best
+}
+
+/// Whether `live` is masked more strictly than `own` for `roles` (or cannot
+/// be resolved: fail closed).
+fn stricter(policy: &Policy, live: &Column, own: &Column, roles: &[Role]) -> bool {
+    match (strategy_for(policy, live, roles), strategy_for(policy, own, roles)) {
+        (Some(l), Some(o)) => policy.rank(l) > policy.rank(o),
+        _ => true,
+    }
+}
+
+/// Loads the served generations from the catalog database, and opens
+/// tables; shared by every session of an engine.
+#[derive(Debug)]
+pub struct Catalog {
+    store: Store,
+    warehouse: Warehouse,
+    key: HashKey,
+    generations: Mutex<Option<(Instant, Generations)>>,
+    contracts: Mutex<HashMap<(String, String, String), Arc<Contract>>>,
+    tables: Mutex<HashMap<Url, DeltaTable>>,
+}
+
+/// Every served generation of every product.
+pub type Generations = Arc<Vec<Arc<Generation>>>;
+
+/// How long the list of products and generations is reused before it is
+/// read again from the catalog database.
+const GENERATIONS_TTL: Duration = Duration::from_secs(1);
+
+impl Catalog {
+    pub fn new(store: Store, warehouse: Warehouse, key: HashKey) -> Self {
+        Self {
+            store,
+            warehouse,
+            key,
+            generations: Mutex::new(None),
+            contracts: Mutex::new(HashMap::new()),
+            tables: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        self.store.policy()
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// The key of the `hash` masking of `domain`'s products.
+    pub fn key(&self, domain: &str) -> HashKey {
+        self.key.for_domain(domain)
+    }
+
+    /// Forgets the cached product list (after a publish or a retirement).
+    pub fn invalidate(&self) {
+        if let Ok(mut g) = self.generations.lock() {
+            *g = None;
+        }
+    }
+
+    /// Every served generation of every product.
+    pub async fn generations(&self) -> tessera_store::Result<Generations> {
+        if let Ok(g) = self.generations.lock()
+            && let Some((at, list)) = g.as_ref()
+            && at.elapsed() < GENERATIONS_TTL
+        {
+            return Ok(Arc::clone(list));
+        }
+        let mut out = Vec::new();
+        for product in self.store.products().await? {
+            let (domain, name) = (product.domain.clone(), product.name.clone());
+            let versions = self.store.versions(&domain, &name).await?;
+            let current: u64 = semver::Version::parse(&product.current_version).map(|v| v.major).unwrap_or(0);
+            let generations = self.store.generations(&domain, &name).await?;
+            let live = generations.iter().find(|g| g.state == "live").and_then(|g| u64::try_from(g.major).ok()).unwrap_or(current);
+            let mut served = vec![(live, true)];
+            served.extend(
+                generations.iter().filter(|g| g.state == "previous").filter_map(|g| u64::try_from(g.major).ok()).map(|m| (m, false)),
+            );
+            for (major, is_live) in served {
+                // The newest published version of this major.
+                let Some(version) = versions
+                    .iter()
+                    .filter_map(|v| semver::Version::parse(&v.version).ok())
+                    .filter(|v| v.major == major)
+                    .max()
+                    .map(|v| v.to_string())
+                else {
+                    continue;
+                };
+                let contract = self.contract(&domain, &name, &version).await?;
+                out.push(Generation { domain: domain.clone(), product: name.clone(), major, live: is_live, contract, live_contract: None });
+            }
+        }
+        // Previous generations learn their live generation's contract.
+        let live: Vec<(String, String, Arc<Contract>)> =
+            out.iter().filter(|g| g.live).map(|g| (g.domain.clone(), g.product.clone(), Arc::clone(&g.contract))).collect();
+        for g in out.iter_mut().filter(|g| !g.live) {
+            g.live_contract = live.iter().find(|(d, p, _)| *d == g.domain && *p == g.product).map(|(_, _, c)| Arc::clone(c));
+        }
+        let list = Arc::new(out.into_iter().map(Arc::new).collect());
+        if let Ok(mut g) = self.generations.lock() {
+            *g = Some((Instant::now(), Arc::clone(&list)));
+        }
+        Ok(list)
+    }
+
+    async fn contract(&self, domain: &str, name: &str, version: &str) -> tessera_store::Result<Arc<Contract>> {
+        let key = (domain.to_owned(), name.to_owned(), version.to_owned());
+        if let Ok(cache) = self.contracts.lock()
+            && let Some(c) = cache.get(&key)
+        {
+            return Ok(Arc::clone(c));
+        }
+        let contract = Arc::new(self.store.contract_at(domain, name, version).await?);
+        if let Ok(mut cache) = self.contracts.lock() {
+            cache.insert(key, Arc::clone(&contract));
+        }
+        Ok(contract)
+    }
+
+    /// The newest version of the Delta table at `url`, or `None` while the
+    /// projector has not created it yet.
+    async fn latest(&self, url: &Url) -> Result<Option<DeltaTable>> {
+        let cached = self.tables.lock().ok().and_then(|t| t.get(url).cloned());
+        let table = match cached {
+            Some(mut table) => {
+                table.update_incremental(None).await.map_err(delta_error)?;
+                table
+            }
+            None => {
+                let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(delta_error)?;
+                if !table.verify_deltatable_existence().await.map_err(delta_error)? {
+                    return Ok(None);
+                }
+                table.load().await.map_err(delta_error)?;
+                table
+            }
+        };
+        if let Ok(mut t) = self.tables.lock() {
+            t.insert(url.clone(), table.clone());
+        }
+        Ok(Some(table))
+    }
+
+    /// Table `table` of a generation as a caller with `roles` sees it, at `at`.
+    pub async fn masked_table(
+        &self,
+        generation: &Generation,
+        table: &str,
+        roles: &[Role],
+        at: &At,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(spec) = generation.contract.tables.iter().find(|(n, _)| n.as_str() == table).map(|(_, t)| t) else {
+            return Ok(None);
+        };
+        let url = self.warehouse.table_url(&generation.domain, &generation.product, generation.major, table);
+        let delta = match at {
+            At::Latest => self.latest(&url).await?,
+            At::Version(v) => Some(tessera_projection::history::at_version(&url, *v).await.map_err(|e| history_error(table, e))?),
+            At::Time(t) => Some(tessera_projection::history::at_timestamp(&url, *t).await.map_err(|e| history_error(table, e))?),
+        };
+        let raw: Arc<dyn TableProvider> = match delta {
+            Some(d) => d.table_provider().await?,
+            // Published but not projected yet: no rows, the contract's columns.
+            None => Arc::new(EmptyTable::new(Arc::new(table_schema(spec)))),
+        };
+        let policy = self.policy();
+        let live_columns =
+            generation.live_contract.as_ref().and_then(|c| c.tables.iter().find(|(n, _)| n.as_str() == table)).map(|(_, t)| t);
+        let columns: Vec<ServedColumn> = raw
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(raw_index, field)| {
+                let column = spec.columns.iter().find(|(n, _)| n.as_str() == field.name()).map(|(_, c)| c)?;
+                let mask = match live_columns.and_then(|t| t.columns.iter().find(|(n, _)| n.as_str() == field.name())).map(|(_, c)| c) {
+                    // The live version masks this column more strictly (or cannot resolve it): so does this one.
+                    Some(live) if stricter(policy, live, column, roles) => {
+                        if live.data_type == column.data_type {
+                            Mask::for_column(policy, live, &|c| strategy_for(policy, c, roles))?
+                        } else {
+                            Mask::Null
+                        }
+                    }
+                    _ => Mask::for_column(policy, column, &|c| strategy_for(policy, c, roles))?,
+                };
+                Some(ServedColumn { raw_index, mask })
+            })
+            .collect();
+        let name = format!("{}.{}.{}", generation.domain, generation.schema_name(), table);
+        Ok(Some(Arc::new(MaskedTable::new(name, raw, columns, self.key.for_domain(&generation.domain))?)))
+    }
+}
+
+fn delta_error(e: deltalake::DeltaTableError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+fn history_error(table: &str, e: tessera_projection::projector::Error) -> DataFusionError {
+    DataFusionError::Plan(format!("as_of: table `{table}`: {e}"))
+}
+
+/// The session's default catalog. It holds nothing of any product (those
+/// are in their domains' catalogs); the PostgreSQL protocol keeps its
+/// `pg_catalog` there.
+pub const SYSTEM_CATALOG: &str = "tessera";
+
+/// The catalogs of one caller: one per domain.
+#[derive(Debug)]
+pub struct CallerCatalogs {
+    catalogs: BTreeMap<String, Arc<DomainCatalog>>,
+    system: Option<Arc<dyn CatalogProvider>>,
+}
+
+impl CallerCatalogs {
+    pub fn new(catalog: &Arc<Catalog>, principal: &Principal, generations: &[Arc<Generation>]) -> Self {
+        let mut catalogs: BTreeMap<String, BTreeMap<String, Arc<ProductSchema>>> = BTreeMap::new();
+        for g in generations {
+            let roles = roles_for(principal, &g.domain);
+            let schema = Arc::new(ProductSchema { generation: Arc::clone(g), roles, catalog: Arc::clone(catalog) });
+            catalogs.entry(g.domain.clone()).or_default().insert(g.schema_name(), schema);
+        }
+        let catalogs = catalogs.into_iter().map(|(d, schemas)| (d, Arc::new(DomainCatalog { schemas }))).collect();
+        Self { catalogs, system: None }
+    }
+
+    /// The same catalogs, plus an empty system catalog (named
+    /// [`SYSTEM_CATALOG`]) for protocol metadata such as `pg_catalog`.
+    pub fn with_system_catalog(&self) -> Self {
+        self.with_system(Arc::new(datafusion::catalog::MemoryCatalogProvider::new()))
+    }
+
+    /// The same catalogs, with `system` as the system catalog.
+    pub fn with_system(&self, system: Arc<dyn CatalogProvider>) -> Self {
+        Self { catalogs: self.catalogs.clone(), system: Some(system) }
+    }
+
+    /// The schema of `domain.schema`, if the caller may read it.
+    pub fn schema(&self, domain: &str, schema: &str) -> Option<Arc<ProductSchema>> {
+        self.catalogs.get(domain)?.schemas.get(schema).cloned()
+    }
+}
+
+impl CatalogProviderList for CallerCatalogs {
+    fn register_catalog(&self, name: String, _catalog: Arc<dyn CatalogProvider>) -> Option<Arc<dyn CatalogProvider>> {
+        // Sessions are read-only: DDL is refused before it gets here.
+        tracing::warn!(catalog = %name, "refused to register a catalog in a query session");
+        None
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.catalogs.keys().cloned().collect();
+        if self.system.is_some() {
+            names.push(SYSTEM_CATALOG.to_owned());
+        }
+        names
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        if name == SYSTEM_CATALOG {
+            return self.system.clone();
+        }
+        self.catalogs.get(name).map(|c| Arc::clone(c) as Arc<dyn CatalogProvider>)
+    }
+}
+
+/// A domain: its products' schemas.
+#[derive(Debug)]
+pub struct DomainCatalog {
+    schemas: BTreeMap<String, Arc<ProductSchema>>,
+}
+
+impl CatalogProvider for DomainCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.schemas.keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.schemas.get(name).map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+    }
+}
+
+/// One generation of a product: its tables, masked for the caller.
+#[derive(Debug)]
+pub struct ProductSchema {
+    generation: Arc<Generation>,
+    roles: Vec<Role>,
+    catalog: Arc<Catalog>,
+}
+
+impl ProductSchema {
+    pub async fn table_at(&self, name: &str, at: &At) -> Result<Option<Arc<dyn TableProvider>>> {
+        self.catalog.masked_table(&self.generation, name, &self.roles, at).await
+    }
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for ProductSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.generation.contract.tables.keys().map(|t| t.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        self.table_at(name, &At::Latest).await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.generation.contract.tables.keys().any(|t| t.as_str() == name)
+    }
+}
+
+/// Rows of `table` (as JSON objects, the way the projection's history
+/// gives them) masked for a caller with `roles`: the same masks as SQL,
+/// applied through the same Arrow kernels. Columns the caller may not be
+/// served are left out.
+pub fn mask_rows(
+    policy: &Policy,
+    key: &HashKey,
+    spec: &tessera_contract::model::Table,
+    roles: &[Role],
+    rows: Vec<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let schema = Arc::new(table_schema(spec));
+    let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(&schema)).build_decoder()?;
+    decoder.serialize(&rows)?;
+    let Some(batch) = decoder.flush()? else { return Ok(Vec::new()) };
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        let Some(column) = spec.columns.iter().find(|(n, _)| n.as_str() == field.name()).map(|(_, c)| c) else { continue };
+        let Some(mask) = Mask::for_column(policy, column, &|c| strategy_for(policy, c, roles)) else { continue };
+        columns.push(mask.apply(array, key)?);
+        fields.push(mask.field(field));
+    }
+    let masked = arrow::array::RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
+    tessera_projection::history::json_rows("masked", &masked.schema(), &[masked])
+        .map_err(|e| DataFusionError::Execution(format!("cannot render the masked rows: {e}")))
+}

@@ -1,0 +1,586 @@
+//! The query engine: a DataFusion session per caller whose catalog holds
+//! only masked tables ([`crate::catalog`]), read-only SQL ([`crate::sandbox`]),
+//! limits from the config, and an audit record for every query.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{DataFusionError, ScalarValue, TableReference};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::{SQLOptions, SessionConfig};
+use datafusion::sql::parser::Statement as DFStatement;
+use futures::StreamExt as _;
+use tessera_projection::Warehouse;
+use tessera_store::{Principal, QueryRecord, Store};
+use tokio::time::Instant;
+
+use crate::audit::Auditor;
+use crate::catalog::{At, CallerCatalogs, Catalog};
+use crate::mask::HashKey;
+use crate::sandbox::{self, AS_OF, AsOf, Refusal};
+use crate::table::MaskedScanExec;
+
+/// Per-query limits, from the config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Memory a query's operators may hold (sorts, joins, aggregates).
+    pub memory_bytes: usize,
+    /// Wall time from the query's arrival to its last row.
+    pub timeout: Duration,
+    /// Rows returned at most; a longer result is cut there and says so.
+    pub max_rows: usize,
+    /// Partitions a query runs in parallel.
+    pub partitions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_bytes: 512 << 20, timeout: Duration::from_secs(30), max_rows: 1_000_000, partitions: 2 }
+    }
+}
+
+/// Why a query did not run, or stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not parseable SQL, or more than one statement.
+    Syntax,
+    /// Not a read.
+    ReadOnly,
+    /// A table or column that does not exist (or that the caller may not read), a type error.
+    Invalid,
+    /// Over the memory limit.
+    Memory,
+    /// Over the time limit.
+    Timeout,
+    /// Failed while running (a cast that does not hold, a division by zero).
+    Execution,
+    /// Ours: storage unreachable, a bug.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A stable code for APIs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Syntax => "sql_syntax",
+            Self::ReadOnly => "read_only",
+            Self::Invalid => "invalid_query",
+            Self::Memory => "memory_limit",
+            Self::Timeout => "query_timeout",
+            Self::Execution => "query_failed",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+impl QueryError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+impl From<Refusal> for QueryError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Syntax(m) => Self::new(ErrorKind::Syntax, m),
+            Refusal::NotReadOnly(m) => Self::new(ErrorKind::ReadOnly, m),
+        }
+    }
+}
+
+/// The engine: shared by every caller of a server.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    limits: Limits,
+    auditor: Auditor,
+}
+
+impl Engine {
+    /// `key` is the HMAC key of the `hash` masking strategy.
+    pub fn new(store: Store, warehouse: Warehouse, key: &[u8], limits: Limits) -> Self {
+        let auditor = Auditor::start(store.clone());
+        Self { catalog: Arc::new(Catalog::new(store, warehouse, HashKey::new(key))), limits, auditor }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Waits until every query so far is in the audit log.
+    pub async fn flush_audit(&self) {
+        self.auditor.flush().await;
+    }
+
+    /// A session for `principal`: its catalog holds what it may read, masked.
+    pub async fn session(&self, principal: &Principal) -> Result<Session, QueryError> {
+        let generations = self.catalog.generations().await.map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))?;
+        let catalogs = Arc::new(CallerCatalogs::new(&self.catalog, principal, &generations));
+        Ok(Session { principal: principal.clone(), catalogs, engine: self.clone() })
+    }
+
+    /// Runs one query for `principal`, arriving `via` (`http`, `pgwire`,
+    /// `catalog`). Every outcome is audited.
+    pub async fn query(&self, principal: &Principal, via: &str, sql: &str) -> Result<Rows, QueryError> {
+        let audit = Audit::start(self, principal, via, sql);
+        let deadline = audit.started + self.limits.timeout;
+        let planned = tokio::time::timeout_at(deadline, async {
+            let checked = sandbox::check(sql)?;
+            let session = self.session(principal).await?;
+            session.plan(checked.statement, &checked.as_of).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(timeout(&self.limits)));
+        match planned {
+            Ok(plan) => self.execute(plan, deadline, audit),
+            Err(e) => {
+                audit.finish(0, Vec::new(), Err(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a planned query (from [`Session::plan`]).
+    pub fn execute(&self, plan: Planned, deadline: Instant, audit: Audit) -> Result<Rows, QueryError> {
+        let tables = MaskedScanExec::tables_read(&plan.physical);
+        let schema = plan.physical.schema();
+        match execute_stream(plan.physical, plan.state.task_ctx()) {
+            Ok(stream) => Ok(Rows {
+                schema,
+                stream,
+                deadline,
+                max_rows: self.limits.max_rows,
+                rows: 0,
+                truncated: false,
+                tables,
+                audit: Some(audit),
+                engine: self.clone(),
+            }),
+            Err(e) => {
+                let e = self.error(e);
+                audit.finish(0, tables, Err(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// A DataFusion error as the caller is told it: classified, without
+    /// storage locations.
+    pub fn error(&self, e: DataFusionError) -> QueryError {
+        let root = e.find_root();
+        let kind = match root {
+            DataFusionError::SQL(..) => ErrorKind::Syntax,
+            DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => ErrorKind::Invalid,
+            DataFusionError::ResourcesExhausted(_) => ErrorKind::Memory,
+            DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => ErrorKind::Execution,
+            _ => ErrorKind::Internal,
+        };
+        let mut message = root.to_string();
+        if matches!(root, DataFusionError::ObjectStore(_) | DataFusionError::IoError(_)) {
+            // Which file of which table could not be read is for the server's log, not the caller.
+            tracing::warn!(error = %message, "a query could not read the warehouse");
+            message = "the table's storage could not be read: a version older than the retention window has had its files \
+                       vacuumed, or the warehouse is unreachable; try a newer version, or again later"
+                .to_owned();
+        }
+        if kind == ErrorKind::Invalid && message.contains("not found") && message.contains("table") {
+            message.push_str(
+                "; tables are addressed `domain.product.table` (a previous major version: `domain.\"product@v1\".table`), and SHOW TABLES lists those you may read",
+            );
+        }
+        if kind == ErrorKind::Memory {
+            message = format!("the query needs more than its memory limit of {} MiB: {message}", self.limits.memory_bytes >> 20);
+        }
+        self.scrubbed(kind, &message)
+    }
+
+    /// An error of `kind` with `message` scrubbed of storage locations.
+    pub fn scrubbed(&self, kind: ErrorKind, message: &str) -> QueryError {
+        QueryError::new(kind, scrub(message, self.catalog.warehouse()))
+    }
+
+    /// The error of a query over its time limit.
+    pub fn timeout_error(&self) -> QueryError {
+        timeout(&self.limits)
+    }
+}
+
+fn timeout(limits: &Limits) -> QueryError {
+    QueryError::new(
+        ErrorKind::Timeout,
+        format!("the query ran longer than its limit of {} s: filter earlier, aggregate, or add LIMIT", limits.timeout.as_secs_f64()),
+    )
+}
+
+/// Removes storage locations from a message.
+fn scrub(message: &str, warehouse: &Warehouse) -> String {
+    let root = warehouse.root();
+    let mut out = message.replace(root.as_str(), "<warehouse>/");
+    let path = root.path();
+    if path.len() > 1 {
+        out = out.replace(path, "<warehouse>/");
+        out = out.replace(path.trim_start_matches('/'), "<warehouse>/");
+    }
+    out
+}
+
+/// One caller's session: the catalogs it may read.
+#[derive(Debug, Clone)]
+pub struct Session {
+    principal: Principal,
+    catalogs: Arc<CallerCatalogs>,
+    engine: Engine,
+}
+
+/// A query ready to run.
+#[derive(Debug)]
+pub struct Planned {
+    pub physical: Arc<dyn ExecutionPlan>,
+    pub logical: LogicalPlan,
+    state: SessionState,
+}
+
+impl Session {
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    pub fn catalogs(&self) -> &Arc<CallerCatalogs> {
+        &self.catalogs
+    }
+
+    /// The DataFusion state a statement of this session plans in: the
+    /// caller's catalogs, the resolved `as_of` reads, the limits, and no
+    /// way to reach files, URLs or settings.
+    pub fn state(&self, as_of: HashMap<String, Arc<dyn TableProvider>>) -> Result<SessionState, QueryError> {
+        let limits = &self.engine.limits;
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(crate::catalog::SYSTEM_CATALOG, "default")
+            .with_target_partitions(limits.partitions.max(1));
+        config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .build_arc()
+            .map_err(|e| self.engine.error(e))?;
+        let mut functions = HashMap::new();
+        for f in datafusion::functions_table::all_default_table_functions() {
+            functions.insert(f.name().to_owned(), f);
+        }
+        functions
+            .insert(AS_OF.to_owned(), Arc::new(datafusion::catalog::TableFunction::new(AS_OF.to_owned(), Self::as_of_function(as_of))));
+        Ok(SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_table_factories(HashMap::new())
+            .with_catalog_list(Arc::clone(&self.catalogs) as _)
+            .with_table_functions(functions)
+            .build())
+    }
+
+    /// The `as_of` table function over tables [`Session::resolve_as_of`] opened.
+    pub fn as_of_function(tables: HashMap<String, Arc<dyn TableProvider>>) -> Arc<dyn TableFunctionImpl> {
+        Arc::new(AsOfFunction { tables })
+    }
+
+    /// Opens the table versions that `as_of` calls read.
+    pub async fn resolve_as_of(&self, calls: &[AsOf]) -> Result<HashMap<String, Arc<dyn TableProvider>>, QueryError> {
+        let mut out = HashMap::new();
+        for call in calls {
+            let not_found = || {
+                QueryError::new(
+                    ErrorKind::Invalid,
+                    format!("as_of: there is no table `{}` that you may read; name it `domain.product.table`", call.table),
+                )
+            };
+            let reference = TableReference::parse_str(&call.table);
+            let (Some(domain), Some(schema)) = (reference.catalog(), reference.schema()) else { return Err(not_found()) };
+            let product = self.catalogs.schema(domain, schema).ok_or_else(not_found)?;
+            let table = product.table_at(reference.table(), &call.at).await.map_err(|e| self.engine.error(e))?.ok_or_else(not_found)?;
+            out.insert(AsOf::key(&call.table, &call.at), table);
+        }
+        Ok(out)
+    }
+
+    /// The same session with a system catalog for protocol metadata (see
+    /// [`CallerCatalogs::with_system_catalog`]).
+    pub fn with_system_catalog(&self) -> Session {
+        Session { principal: self.principal.clone(), catalogs: Arc::new(self.catalogs.with_system_catalog()), engine: self.engine.clone() }
+    }
+
+    /// The same session with `system` as its system catalog.
+    pub fn with_system(&self, system: Arc<dyn datafusion::catalog::CatalogProvider>) -> Session {
+        Session { principal: self.principal.clone(), catalogs: Arc::new(self.catalogs.with_system(system)), engine: self.engine.clone() }
+    }
+
+    /// The engine this session belongs to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Plans a checked statement: logical plan, the read-only check on it,
+    /// physical plan.
+    pub async fn plan(&self, statement: DFStatement, as_of: &[AsOf]) -> Result<Planned, QueryError> {
+        let resolved = self.resolve_as_of(as_of).await?;
+        let state = self.state(resolved)?;
+        let logical = state.statement_to_plan(statement).await.map_err(|e| self.engine.error(e))?;
+        verify_read_only(&logical)?;
+        let physical = state.create_physical_plan(&logical).await.map_err(|e| self.engine.error(e))?;
+        Ok(Planned { physical, logical, state })
+    }
+}
+
+/// DataFusion's own check of a plan: no DDL, no DML, no statements (a
+/// second wall behind [`sandbox::check`]).
+pub fn verify_read_only(plan: &LogicalPlan) -> Result<(), QueryError> {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(plan)
+        .map_err(|e| QueryError::new(ErrorKind::ReadOnly, e.find_root().to_string()))
+}
+
+/// The tables a logical plan reads, as `domain.product.table`.
+pub fn tables_in(plan: &LogicalPlan) -> Vec<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(source) = scan.source.downcast_ref::<datafusion::datasource::DefaultTableSource>()
+            && let Some(table) = source.table_provider.downcast_ref::<crate::table::MaskedTable>()
+        {
+            out.push(table.name().to_owned());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `as_of('domain.product.table', version | time)`: the table version that
+/// was opened for this call before planning (see [`Session::resolve_as_of`]).
+#[derive(Debug)]
+struct AsOfFunction {
+    tables: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+impl TableFunctionImpl for AsOfFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> datafusion::common::Result<Arc<dyn TableProvider>> {
+        let usage = || DataFusionError::Plan("as_of takes a table name and a literal version or time".into());
+        let [table, at] = args.exprs() else { return Err(usage()) };
+        let table = match literal(table) {
+            Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => s,
+            _ => return Err(usage()),
+        };
+        let at = match literal(at) {
+            Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => {
+                At::Time(sandbox::parse_time(&s).map_err(DataFusionError::Plan)?)
+            }
+            Some(v) if v.data_type().is_integer() => {
+                let n = v.cast_to(&DataType::Int64)?;
+                let ScalarValue::Int64(Some(n)) = n else { return Err(usage()) };
+                At::Version(u64::try_from(n).map_err(|_| DataFusionError::Plan(format!("as_of: {n} is not a table version")))?)
+            }
+            _ => return Err(usage()),
+        };
+        self.tables.get(&AsOf::key(&table, &at)).cloned().ok_or_else(usage)
+    }
+}
+
+/// The value of a literal, looking through casts of literals (`TIMESTAMP '…'`).
+fn literal(e: &Expr) -> Option<ScalarValue> {
+    match e {
+        Expr::Literal(v, _) => Some(v.clone()),
+        Expr::Cast(c) => literal(&c.expr),
+        Expr::TryCast(c) => literal(&c.expr),
+        _ => None,
+    }
+}
+
+/// A query's audit record, written when it ends (however it ends).
+#[derive(Debug)]
+pub struct Audit {
+    auditor: Auditor,
+    principal: String,
+    via: String,
+    sql: String,
+    at: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+}
+
+impl Audit {
+    pub fn start(engine: &Engine, principal: &Principal, via: &str, sql: &str) -> Self {
+        Self {
+            auditor: engine.auditor.clone(),
+            principal: principal.name.clone(),
+            via: via.to_owned(),
+            sql: sql.to_owned(),
+            at: chrono::Utc::now(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn finish(self, rows: usize, tables: Vec<String>, outcome: Result<(), &QueryError>) {
+        let (outcome, error) = match outcome {
+            Ok(()) => ("ok", None),
+            Err(e) if matches!(e.kind, ErrorKind::Syntax | ErrorKind::ReadOnly) => ("refused", Some(e.message.clone())),
+            Err(e) => ("failed", Some(e.message.clone())),
+        };
+        self.write(rows, tables, outcome, error);
+    }
+
+    /// The caller stopped reading before the end.
+    pub fn cancelled(self, rows: usize, tables: Vec<String>) {
+        self.write(rows, tables, "cancelled", None);
+    }
+
+    fn write(self, rows: usize, tables: Vec<String>, outcome: &str, error: Option<String>) {
+        self.auditor.record(QueryRecord {
+            at_micros: self.at.timestamp_micros(),
+            principal: self.principal,
+            via: self.via,
+            sql: self.sql,
+            tables,
+            rows: i64::try_from(rows).unwrap_or(i64::MAX),
+            duration_us: i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX),
+            outcome: outcome.to_owned(),
+            error,
+        });
+    }
+}
+
+/// A running query's result: batches under the time and row limits.
+/// Dropping it stops the query; it is audited whichever way it ends.
+pub struct Rows {
+    schema: SchemaRef,
+    stream: SendableRecordBatchStream,
+    deadline: Instant,
+    max_rows: usize,
+    rows: usize,
+    truncated: bool,
+    tables: Vec<String>,
+    audit: Option<Audit>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rows").field("schema", &self.schema).field("rows", &self.rows).field("tables", &self.tables).finish()
+    }
+}
+
+impl Rows {
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The tables the query reads, as `domain.product.table`.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    /// Rows returned so far.
+    pub fn row_count(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether the result was cut at the row limit.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    /// The next batch; `None` at the end (or at the row limit).
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
+        self.audit.as_ref()?;
+        if self.truncated || self.rows >= self.max_rows {
+            if !self.truncated {
+                // Anything more is over the limit: look once, to say whether the result was cut.
+                let next = tokio::time::timeout_at(self.deadline, self.stream.next()).await;
+                self.truncated = matches!(next, Ok(Some(Ok(b))) if b.num_rows() > 0);
+            }
+            self.end(Ok(()));
+            return None;
+        }
+        match tokio::time::timeout_at(self.deadline, self.stream.next()).await {
+            Err(_) => {
+                let e = timeout(&self.engine.limits);
+                self.end(Err(&e));
+                Some(Err(e))
+            }
+            Ok(None) => {
+                self.end(Ok(()));
+                None
+            }
+            Ok(Some(Err(e))) => {
+                let e = self.engine.error(e);
+                self.end(Err(&e));
+                Some(Err(e))
+            }
+            Ok(Some(Ok(batch))) => {
+                let room = self.max_rows - self.rows;
+                let batch = if batch.num_rows() > room {
+                    self.truncated = true;
+                    batch.slice(0, room)
+                } else {
+                    batch
+                };
+                self.rows += batch.num_rows();
+                Some(Ok(batch))
+            }
+        }
+    }
+
+    fn end(&mut self, outcome: Result<(), &QueryError>) {
+        if let Some(audit) = self.audit.take() {
+            audit.finish(self.rows, std::mem::take(&mut self.tables), outcome);
+        }
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        if let Some(audit) = self.audit.take() {
+            audit.write(self.rows, std::mem::take(&mut self.tables), "cancelled", None);
+        }
+    }
+}

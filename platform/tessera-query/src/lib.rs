@@ -1,0 +1,20 @@
+//! Governed SQL: DataFusion over every data product, with the federated
+//! masking policy applied beneath SQL for whoever is asking.
+//!
+//! From the bottom up: masks as Arrow kernels (`mask`), a table as one
+//! caller may see it, masked directly above its scan (`table`), the
+//! catalogs a caller may read (`catalog`), what SQL may do (`sandbox`),
+//! sessions, limits and the query lifecycle (`engine`), and the audit log
+//! writer (`audit`). Knows nothing of HTTP or the PostgreSQL protocol: the
+//! server speaks those and calls [`Engine`].
+
+pub mod audit;
+pub mod catalog;
+pub mod engine;
+pub mod mask;
+pub mod sandbox;
+pub mod table;
+
+pub use catalog::At;
+pub use engine::{Audit, Engine, ErrorKind, Limits, Planned, QueryError, Rows, Session, tables_in, verify_read_only};
+pub use mask::{HashKey, Mask};

@@ -1,0 +1,274 @@
+//! What SQL may do: read, nothing else.
+//!
+//! A query is parsed once (DataFusion's parser, its PostgreSQL-compatible
+//! dialect) and must be exactly one statement of a read-only kind: `SELECT`
+//! (with `WITH`, `UNION`, `VALUES`…), `EXPLAIN` of one, `DESCRIBE`, and the
+//! `SHOW` statements that list tables and columns. Everything else is refused
+//! here, before planning; the plan is checked again by DataFusion's own
+//! `SQLOptions` (no DDL, no DML, no statements) as a second wall.
+//!
+//! The statement is also where `as_of(…)` calls are found, so that the
+//! versions they name can be opened (asynchronously) before planning.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+
+use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+
+use crate::catalog::At;
+
+/// Why a query is not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The text is not SQL we can parse.
+    Syntax(String),
+    /// It is SQL, but not a read.
+    NotReadOnly(String),
+}
+
+/// The name of the time-travel table function.
+pub const AS_OF: &str = "as_of";
+
+/// One `as_of('domain.product.table', version-or-time)` call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsOf {
+    pub table: String,
+    pub at: At,
+}
+
+impl AsOf {
+    /// The key the planner looks the opened table up by.
+    pub fn key(table: &str, at: &At) -> String {
+        format!("{table}\u{0}{at:?}")
+    }
+}
+
+/// A statement that may run, and the time-travel reads it makes.
+#[derive(Debug)]
+pub struct Checked {
+    pub statement: DFStatement,
+    pub as_of: Vec<AsOf>,
+}
+
+/// Parses `sql` and checks that it is one read-only statement.
+pub fn check(sql: &str) -> Result<Checked, Refusal> {
+    let dialect = PostgreSqlDialect {};
+    let mut statements: VecDeque<DFStatement> = DFParserBuilder::new(sql)
+        .with_dialect(&dialect)
+        .with_recursion_limit(64)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Refusal::Syntax(clean(&e.to_string())))?;
+    let statement = match (statements.pop_front(), statements.is_empty()) {
+        (Some(s), true) => s,
+        (None, _) => return Err(Refusal::Syntax("the query is empty: send one SELECT statement".into())),
+        (Some(_), false) => return Err(Refusal::Syntax("send one statement per query (this text has several)".into())),
+    };
+    let mut statement = statement;
+    let as_of = check_statement(&mut statement)?;
+    Ok(Checked { statement, as_of })
+}
+
+/// Checks one parsed statement (from another parser, e.g. the PostgreSQL
+/// protocol's): read-only, and the `as_of` calls it makes. Those calls are
+/// renamed to `as_of` whatever their case (`AS_OF(…)`), the name the
+/// planner knows the function by.
+pub fn check_statement(statement: &mut DFStatement) -> Result<Vec<AsOf>, Refusal> {
+    read_only(statement)?;
+    normalize_as_of(statement);
+    as_of_calls(statement)
+}
+
+fn normalize_as_of(statement: &mut DFStatement) {
+    let rename = |name: &mut ast::ObjectName| {
+        if name.0.len() == 1 && name.to_string().eq_ignore_ascii_case(AS_OF) {
+            *name = ast::ObjectName::from(vec![ast::Ident::new(AS_OF)]);
+        }
+        ControlFlow::<()>::Continue(())
+    };
+    match statement {
+        DFStatement::Statement(s) => {
+            let _ = ast::visit_relations_mut(s.as_mut(), rename);
+        }
+        DFStatement::Explain(e) => normalize_as_of(&mut e.statement),
+        _ => {}
+    }
+}
+
+fn read_only(statement: &DFStatement) -> Result<(), Refusal> {
+    use ast::Statement as S;
+    let what = match statement {
+        DFStatement::Statement(s) => match s.as_ref() {
+            S::Query(_) | S::ShowTables { .. } | S::ShowColumns { .. } | S::ExplainTable { .. } | S::ShowVariable { .. } => return Ok(()),
+            S::Explain { statement, .. } => return read_only(&DFStatement::Statement(statement.clone())),
+            other => kind_of(other),
+        },
+        DFStatement::Explain(e) => return read_only(&e.statement),
+        DFStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".to_owned(),
+        DFStatement::CopyTo(_) => "COPY".to_owned(),
+        DFStatement::Reset(_) => "RESET".to_owned(),
+    };
+    Err(Refusal::NotReadOnly(format!(
+        "{what} is not allowed: SQL here is read-only; use SELECT (with WITH, UNION, VALUES…), EXPLAIN, DESCRIBE, SHOW TABLES or SHOW COLUMNS"
+    )))
+}
+
+/// The statement's kind, as its first words.
+fn kind_of(s: &ast::Statement) -> String {
+    let text = s.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    let upper: Vec<String> =
+        words.iter().take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic() || c == '_')).map(|w| w.to_ascii_uppercase()).collect();
+    if upper.is_empty() { "this statement".to_owned() } else { upper.join(" ") }
+}
+
+struct AsOfFinder {
+    found: Vec<AsOf>,
+}
+
+impl Visitor for AsOfFinder {
+    type Break = Refusal;
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Refusal> {
+        if let TableFactor::Table { name, args: Some(args), .. } = factor
+            && name.0.len() == 1
+            && name.to_string().eq_ignore_ascii_case(AS_OF)
+        {
+            match as_of_args(&args.args) {
+                Ok(call) => self.found.push(call),
+                Err(e) => return ControlFlow::Break(Refusal::Syntax(e)),
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn as_of_calls(statement: &DFStatement) -> Result<Vec<AsOf>, Refusal> {
+    let mut finder = AsOfFinder { found: Vec::new() };
+    let flow = match statement {
+        DFStatement::Statement(s) => s.visit(&mut finder),
+        DFStatement::Explain(e) => return as_of_calls(&e.statement),
+        _ => ControlFlow::Continue(()),
+    };
+    match flow {
+        ControlFlow::Break(refusal) => Err(refusal),
+        ControlFlow::Continue(()) => Ok(finder.found),
+    }
+}
+
+const AS_OF_USAGE: &str = "write as_of('domain.product.table', <version number>) or as_of('domain.product.table', '2026-11-25T06:00:00Z')";
+
+fn as_of_args(args: &[FunctionArg]) -> Result<AsOf, String> {
+    let exprs: Vec<&ast::Expr> = args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let [table, at] = exprs.as_slice() else {
+        return Err(format!("as_of takes two arguments: {AS_OF_USAGE}"));
+    };
+    let ast::Expr::Value(ast::ValueWithSpan { value: ast::Value::SingleQuotedString(table), .. }) = table else {
+        return Err(format!("as_of's first argument must be the table's name as a string literal: {AS_OF_USAGE}"));
+    };
+    let at = match at {
+        ast::Expr::Value(ast::ValueWithSpan { value: ast::Value::Number(n, _), .. }) => {
+            At::Version(n.parse().map_err(|_| format!("`{n}` is not a table version (a whole number from 0): {AS_OF_USAGE}"))?)
+        }
+        ast::Expr::Value(ast::ValueWithSpan { value: ast::Value::SingleQuotedString(s), .. }) => At::Time(parse_time(s)?),
+        ast::Expr::TypedString(ts) => match &ts.value.value {
+            ast::Value::SingleQuotedString(s) => At::Time(parse_time(s)?),
+            other => return Err(format!("`{other}` is not a time: {AS_OF_USAGE}")),
+        },
+        other => return Err(format!("as_of's second argument must be a literal version or time, not `{other}`: {AS_OF_USAGE}")),
+    };
+    Ok(AsOf { table: table.clone(), at })
+}
+
+/// A time as `as_of` takes it: RFC 3339, or a date and time without zone
+/// (UTC), or a date (its midnight, UTC).
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(t.and_utc());
+    }
+    Err(format!("`{s}` is not a time: use RFC 3339, e.g. '2026-11-25T06:00:00Z'"))
+}
+
+/// DataFusion's parser errors start with its own prefixes; callers want the message.
+fn clean(message: &str) -> String {
+    message.trim_start_matches("SQL error: ").trim_start_matches("ParserError(\"").trim_end_matches("\")").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(sql: &str) -> String {
+        match check(sql) {
+            Err(Refusal::NotReadOnly(m)) => m,
+            other => panic!("{sql}: expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_pass() {
+        for sql in [
+            "SELECT 1",
+            "WITH a AS (SELECT 1 AS x) SELECT x FROM a UNION ALL SELECT 2",
+            "VALUES (1), (2)",
+            "EXPLAIN SELECT 1",
+            "EXPLAIN ANALYZE SELECT 1",
+            "SHOW TABLES",
+            "SHOW COLUMNS FROM sales.orders.orders",
+            "DESCRIBE sales.orders.orders",
+        ] {
+            check(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn everything_else_is_refused_by_kind() {
+        assert!(refused("INSERT INTO t VALUES (1)").starts_with("INSERT INTO"));
+        assert!(refused("CREATE TABLE t AS SELECT 1").starts_with("CREATE TABLE"));
+        assert!(refused("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc'").starts_with("CREATE EXTERNAL TABLE"));
+        assert!(refused("COPY (SELECT 1) TO '/tmp/x.parquet'").starts_with("COPY"));
+        assert!(refused("SET datafusion.execution.target_partitions = 1").starts_with("SET"));
+        assert!(refused("EXPLAIN DELETE FROM t").starts_with("DELETE"));
+        assert!(refused("PREPARE p AS SELECT 1").starts_with("PREPARE"));
+        assert!(refused("DROP TABLE t").starts_with("DROP TABLE"));
+        assert!(refused("RESET datafusion.execution.batch_size").starts_with("RESET"));
+    }
+
+    #[test]
+    fn one_statement_only() {
+        assert!(matches!(check("SELECT 1; DROP TABLE t"), Err(Refusal::Syntax(m)) if m.contains("one statement")));
+        assert!(matches!(check(""), Err(Refusal::Syntax(_))));
+    }
+
+    #[test]
+    fn as_of_calls_are_found_with_their_arguments() {
+        let c = check("SELECT * FROM as_of('sales.orders.orders', 3) o JOIN as_of('sales.orders.lines', '2026-11-25') l ON true").unwrap();
+        assert_eq!(c.as_of.len(), 2);
+        assert_eq!(c.as_of[0], AsOf { table: "sales.orders.orders".into(), at: At::Version(3) });
+        assert_eq!(c.as_of[1].at, At::Time(parse_time("2026-11-25T00:00:00Z").unwrap()));
+        assert!(matches!(check("SELECT * FROM as_of('x', now())"), Err(Refusal::Syntax(m)) if m.contains("literal")));
+        // Any case, renamed to the planner's name.
+        let c = check("SELECT * FROM AS_OF('sales.orders.orders', 3)").unwrap();
+        assert_eq!(c.as_of.len(), 1);
+        assert!(c.statement.to_string().contains("as_of('sales.orders.orders', 3)"), "{}", c.statement);
+    }
+}

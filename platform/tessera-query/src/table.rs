@@ -1,0 +1,253 @@
+//! A table as one caller may see it: [`MaskedTable`] wraps a product
+//! table's raw provider (the Delta scan) and is the only thing a session's
+//! catalog holds. Its scan is [`MaskedScanExec`], a leaf that runs the raw
+//! scan inside itself and masks every batch on the way out.
+//!
+//! Why a leaf and not a projection over the raw scan: nothing above it can
+//! reach below the mask. The planner sees no raw scan to push a filter on a
+//! masked column into, no Parquet min/max statistics of a masked column
+//! (the leaf reports no column statistics), and `EXPLAIN` shows the table's
+//! name, not its files. Filters on columns the caller sees in the clear are
+//! pushed down (they reveal nothing), so selective queries still prune
+//! files.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
+use futures::StreamExt as _;
+
+use crate::mask::{HashKey, Mask};
+
+/// A served column: where it is in the raw table, and its mask.
+#[derive(Debug, Clone)]
+pub struct ServedColumn {
+    pub raw_index: usize,
+    pub mask: Mask,
+}
+
+/// A product table, masked for one caller.
+#[derive(Debug)]
+pub struct MaskedTable {
+    /// `domain.product.table`, as the caller addresses it.
+    name: String,
+    raw: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+    columns: Vec<ServedColumn>,
+    /// Names of the columns served in the clear: filters on them only may
+    /// reach the raw scan.
+    clear: HashSet<String>,
+    key: HashKey,
+}
+
+impl MaskedTable {
+    /// `columns` are the served columns in order; every other raw column is
+    /// not served.
+    pub fn new(name: String, raw: Arc<dyn TableProvider>, columns: Vec<ServedColumn>, key: HashKey) -> Result<Self> {
+        let raw_schema = raw.schema();
+        let mut fields = Vec::with_capacity(columns.len());
+        let mut clear = HashSet::new();
+        for c in &columns {
+            let field = raw_schema
+                .fields()
+                .get(c.raw_index)
+                .ok_or_else(|| DataFusionError::Internal(format!("table {name} has no column {} to serve", c.raw_index)))?;
+            if c.mask == Mask::Clear {
+                clear.insert(field.name().clone());
+            }
+            fields.push(c.mask.field(field));
+        }
+        Ok(Self { name, raw, schema: Arc::new(Schema::new(fields)), columns, clear, key })
+    }
+
+    /// `domain.product.table`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether a filter reads only columns served in the clear.
+    fn reads_only_clear(&self, filter: &Expr) -> bool {
+        let mut only_clear = true;
+        let _ = filter.apply(|e| {
+            if let Expr::Column(c) = e
+                && !self.clear.contains(&c.name)
+            {
+                only_clear = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            // Subqueries and outer references are not pushed down.
+            if matches!(e, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::OuterReferenceColumn(..)) {
+                only_clear = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        only_clear
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for MaskedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| if self.reads_only_clear(f) { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let chosen: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.columns.len()).collect());
+        let mut raw_projection = Vec::with_capacity(chosen.len());
+        let mut masks = Vec::with_capacity(chosen.len());
+        for i in &chosen {
+            let c = self.columns.get(*i).ok_or_else(|| DataFusionError::Internal(format!("table {} has no column {i}", self.name)))?;
+            raw_projection.push(c.raw_index);
+            masks.push(c.mask.clone());
+        }
+        // Only filters on clear columns go down, without their qualifier
+        // (the raw table knows its columns by name alone).
+        let pushed: Vec<Expr> =
+            filters.iter().filter(|f| self.reads_only_clear(f)).map(|f| unqualified(f.clone())).collect::<Result<_>>()?;
+        // A limit is only given when every filter is exact, which ours never are.
+        let raw = self.raw.scan(state, Some(&raw_projection), &pushed, if filters.is_empty() { limit } else { None }).await?;
+        let schema = Arc::new(self.schema.project(&chosen)?);
+        Ok(Arc::new(MaskedScanExec::new(self.name.clone(), raw, masks, schema, self.key.clone())))
+    }
+}
+
+fn unqualified(expr: Expr) -> Result<Expr> {
+    expr.transform(|e| match e {
+        Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+/// The scan of a [`MaskedTable`]: a leaf that runs the raw scan and masks
+/// its batches. The raw plan is not one of its children, so no optimizer
+/// rule and no `EXPLAIN` reaches it.
+#[derive(Debug)]
+pub struct MaskedScanExec {
+    name: String,
+    raw: Arc<dyn ExecutionPlan>,
+    masks: Vec<Mask>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    key: HashKey,
+}
+
+impl MaskedScanExec {
+    fn new(name: String, raw: Arc<dyn ExecutionPlan>, masks: Vec<Mask>, schema: SchemaRef, key: HashKey) -> Self {
+        let partitions = raw.properties().partitioning.partition_count();
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { name, raw, masks, schema, properties, key }
+    }
+
+    /// The tables a plan reads, by the names callers use.
+    pub fn tables_read(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+        let mut out = Vec::new();
+        collect_tables(plan, &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+fn collect_tables(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
+    if let Some(scan) = plan.downcast_ref::<MaskedScanExec>() {
+        out.push(scan.name.clone());
+    }
+    for child in plan.children() {
+        collect_tables(child, out);
+    }
+}
+
+impl DisplayAs for MaskedScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let masked: Vec<String> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.masks)
+            .filter(|(_, m)| **m != Mask::Clear)
+            .map(|(field, m)| format!("{}: {}", field.name(), m.describe()))
+            .collect();
+        let columns: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        write!(f, "MaskedScan: table={}, columns=[{}], masked=[{}]", self.name, columns.join(", "), masked.join(", "))
+    }
+}
+
+impl ExecutionPlan for MaskedScanExec {
+    fn name(&self) -> &str {
+        "MaskedScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() { Ok(self) } else { Err(DataFusionError::Internal("a masked scan has no children".into())) }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let raw = self.raw.execute(partition, context)?;
+        let masks = self.masks.clone();
+        let schema = Arc::clone(&self.schema);
+        let key = self.key.clone();
+        let out = Arc::clone(&schema);
+        let stream = raw.map(move |batch| {
+            let batch = batch?;
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(&masks)
+                .map(|(column, mask)| mask.apply(column, &key))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new_with_options(
+                Arc::clone(&out),
+                columns,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+            )?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
