@@ -10,6 +10,11 @@
 //! retention_hours = 168        # time travel window: vacuum keeps files younger than this
 //! compact_after_files = 64     # a table with this many files is compacted
 //! lease_seconds = 10           # another process takes a product's projection over this long after its holder dies
+//! pg_listen = "127.0.0.1:5433" # the PostgreSQL wire protocol; "off" to disable
+//! masking_key = "<secret>"     # HMAC key of the `hash` masking; default: generated once into <data_dir>/masking.key
+//! query_memory_mb = 512        # per query
+//! query_timeout_seconds = 30   # per query, from arrival to last row
+//! query_max_rows = 1000000     # a longer result is cut here (and says so)
 //!
 //! [[principals]]
 //! name = "sales-bot"
@@ -20,7 +25,8 @@
 //!
 //! Environment: `TESSERA_LISTEN`, `TESSERA_DATA_DIR`, `TESSERA_DATABASE_URL`,
 //! `TESSERA_MAX_BODY_BYTES`, `TESSERA_WAREHOUSE`, `TESSERA_RETENTION_HOURS`,
-//! `TESSERA_COMPACT_AFTER_FILES`, `TESSERA_LEASE_SECONDS`. S3 credentials and endpoint come
+//! `TESSERA_COMPACT_AFTER_FILES`, `TESSERA_LEASE_SECONDS`, `TESSERA_PG_LISTEN`, `TESSERA_MASKING_KEY`,
+//! `TESSERA_QUERY_MEMORY_MB`, `TESSERA_QUERY_TIMEOUT_SECONDS`, `TESSERA_QUERY_MAX_ROWS`. S3 credentials and endpoint come
 //! from the standard `AWS_*` environment variables.
 
 use std::net::SocketAddr;
@@ -55,6 +61,18 @@ pub struct Config {
     /// How long a projector's lease outlives its holder: another process
     /// (or this one, restarted) takes the product over after this long.
     pub lease_seconds: u64,
+    /// Where the PostgreSQL wire protocol listens (`off`: nowhere).
+    pub pg_listen: String,
+    /// The HMAC key of the `hash` masking strategy. Every process of a
+    /// deployment needs the same one (hashes must agree); when unset, one
+    /// is generated into `<data_dir>/masking.key` on first start.
+    pub masking_key: Option<String>,
+    /// Memory one query may use, in MiB.
+    pub query_memory_mb: usize,
+    /// How long one query may run, in seconds.
+    pub query_timeout_seconds: u64,
+    /// The most rows one query returns.
+    pub query_max_rows: usize,
     /// A governance policy file replacing the built-in `contracts/policies.yaml`.
     pub policy: Option<PathBuf>,
     pub principals: Vec<PrincipalConfig>,
@@ -71,6 +89,11 @@ impl Default for Config {
             retention_hours: 168,
             compact_after_files: 64,
             lease_seconds: 10,
+            pg_listen: "127.0.0.1:5433".into(),
+            masking_key: None,
+            query_memory_mb: 512,
+            query_timeout_seconds: 30,
+            query_max_rows: 1_000_000,
             policy: None,
             principals: Vec::new(),
         }
@@ -111,6 +134,12 @@ impl Config {
             "warehouse",
             "retention_hours",
             "compact_after_files",
+            "lease_seconds",
+            "pg_listen",
+            "masking_key",
+            "query_memory_mb",
+            "query_timeout_seconds",
+            "query_max_rows",
         ]));
         figment.extract().map_err(|e| format!("invalid configuration: {e}"))
     }
@@ -135,6 +164,47 @@ impl Config {
             compact_after_files: self.compact_after_files.max(2),
             lease: std::time::Duration::from_secs(self.lease_seconds.max(1)),
             ..Default::default()
+        }
+    }
+
+    /// Per-query limits.
+    pub fn query_limits(&self) -> tessera_query::Limits {
+        tessera_query::Limits {
+            memory_bytes: self.query_memory_mb.max(16).saturating_mul(1 << 20),
+            timeout: std::time::Duration::from_secs(self.query_timeout_seconds.max(1)),
+            max_rows: self.query_max_rows.max(1),
+            ..tessera_query::Limits::default()
+        }
+    }
+
+    /// Where the PostgreSQL protocol listens, if anywhere.
+    pub fn pg_listen(&self) -> Result<Option<SocketAddr>, String> {
+        match self.pg_listen.trim() {
+            "" | "off" | "none" => Ok(None),
+            a => a.parse().map(Some).map_err(|e| format!("pg_listen `{a}` is not an address such as 127.0.0.1:5433 (or `off`): {e}")),
+        }
+    }
+
+    /// The masking key: configured, or the one in `<data_dir>/masking.key`
+    /// (generated there on first use).
+    pub fn masking_key(&self) -> Result<Vec<u8>, String> {
+        if let Some(k) = &self.masking_key {
+            if k.len() < 16 {
+                return Err("masking_key must be at least 16 characters: it is what keeps hashed values from a dictionary attack".into());
+            }
+            return Ok(k.as_bytes().to_vec());
+        }
+        let path = self.data_dir.join("masking.key");
+        match std::fs::read_to_string(&path) {
+            Ok(k) if k.trim().len() >= 16 => Ok(k.trim().as_bytes().to_vec()),
+            Ok(_) => Err(format!("{} holds no key (at least 16 characters); delete it to have one generated", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = tessera_store::principals::new_token()?;
+                std::fs::create_dir_all(&self.data_dir).map_err(|e| format!("cannot create {}: {e}", self.data_dir.display()))?;
+                std::fs::write(&path, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                Ok(key.into_bytes())
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
     }
 

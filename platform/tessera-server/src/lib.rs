@@ -8,7 +8,9 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod pgwire;
 pub mod projection;
+pub mod sql;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -38,11 +40,13 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The projectors of this process, when it runs them.
     pub projections: Option<tessera_projection::Projections>,
+    /// The SQL engine, when a warehouse is configured.
+    pub engine: Option<tessera_query::Engine>,
 }
 
 impl AppState {
     pub async fn new(store: Store, max_body_bytes: usize) -> Result<Self, tessera_store::Error> {
-        let state = Self { store, principals: Arc::default(), max_body_bytes, projections: None };
+        let state = Self { store, principals: Arc::default(), max_body_bytes, projections: None, engine: None };
         state.reload_principals().await?;
         Ok(state)
     }
@@ -51,6 +55,17 @@ impl AppState {
     pub fn with_projections(mut self, projections: tessera_projection::Projections) -> Self {
         self.projections = Some(projections);
         self
+    }
+
+    /// Serves SQL through this engine.
+    pub fn with_engine(mut self, engine: tessera_query::Engine) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// The principal of a token, if any has it.
+    pub fn principal_of_token(&self, token: &str) -> Option<Principal> {
+        self.principal_for(token)
     }
 
     /// Re-reads the principals from the catalog.
@@ -121,7 +136,9 @@ pub fn router(state: AppState) -> Router {
         .route("/products/{domain}/{name}/dead-letters", get(dead_letters))
         .route("/products/{domain}/{name}/commands", axum::routing::post(request_command))
         .route("/products/{domain}/{name}/commands/{id}", get(command_status))
-        .route("/products/{domain}/{name}/generations/{major}/retire", axum::routing::post(retire_generation));
+        .route("/products/{domain}/{name}/generations/{major}/retire", axum::routing::post(retire_generation))
+        .route("/sql", axum::routing::post(sql::post_sql))
+        .route("/audit", get(sql::audit_log));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -213,6 +230,9 @@ async fn publish(State(state): State<AppState>, Caller(caller): Caller, headers:
         )
     })?;
     let published = state.store.publish(&caller, text).await?;
+    if let Some(engine) = &state.engine {
+        engine.catalog().invalidate();
+    }
     let status = match published.outcome {
         "unchanged" => StatusCode::OK,
         _ => StatusCode::CREATED,
@@ -280,17 +300,6 @@ async fn stream_state(
     let usage = "use ?as_of=<log position> or ?as_of=<RFC 3339 time>, e.g. 2026-01-31T23:59:59Z";
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; {usage}")))?;
     state.store.product(&domain, &name).await?;
-    if caller.is_public() {
-        return Err(
-            tessera_store::Error::Unauthenticated("an entity's state needs a token: send `Authorization: Bearer <token>`".into()).into()
-        );
-    }
-    if !caller.is_member_of(&domain) {
-        return Err(tessera_store::Error::Forbidden(format!(
-            "an entity's unmasked state is readable by members of domain `{domain}` only; query the product's tables instead"
-        ))
-        .into());
-    }
     let Some(projections) = &state.projections else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "projection_off", "this server does not run projections"));
     };
@@ -313,9 +322,23 @@ async fn stream_state(
         },
     };
     let contract = state.store.current_contract(&domain, &name).await?;
+    let Some(engine) = &state.engine else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sql_unavailable", "this server does not serve masked reads"));
+    };
     let tables = tessera_projection::history::stream_state(&state.store, projections.warehouse(), &contract, &stream, position)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "projection_error", e.to_string()))?;
+    // Masked for the caller, by the same masks as SQL.
+    let roles = tessera_query::catalog::roles_for(&caller, &domain);
+    let catalog = engine.catalog();
+    let mut masked = serde_json::Map::new();
+    for (table, rows) in tables {
+        let Some(spec) = contract.tables.iter().find(|(n, _)| n.as_str() == table).map(|(_, t)| t) else { continue };
+        let rows = tessera_query::catalog::mask_rows(catalog.policy(), &catalog.key(&domain), spec, &roles, rows)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "masking_error", e.to_string()))?;
+        masked.insert(table, Value::Array(rows.into_iter().map(Value::Object).collect()));
+    }
+    let tables = Value::Object(masked);
     Ok(Json(json!({ "stream": stream, "as_of_position": position, "contract_version": contract.version.to_string(), "tables": tables })))
 }
 
@@ -382,6 +405,9 @@ async fn retire_generation(
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", format!("`{major}` is not a major version; use e.g. /generations/1/retire"))
     })?;
     state.store.retire_generation(&domain, &name, major).await?;
+    if let Some(engine) = &state.engine {
+        engine.catalog().invalidate();
+    }
     Ok(Json(json!({ "generations": state.store.generations(&domain, &name).await? })))
 }
 

@@ -4,6 +4,7 @@
 
 mod api;
 mod projection;
+mod sql;
 mod support;
 
 /// Declares `mod $name { sqlite, postgres }`, each running `$name(&server)`.

@@ -22,6 +22,10 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub store: Store,
     pub projections: tessera_projection::Projections,
+    /// The PostgreSQL protocol's port.
+    pub pg_port: u16,
+    pub warehouse: tessera_projection::Warehouse,
+    stop_pg: tokio::sync::watch::Sender<bool>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     postgres: Option<(String, String)>,
@@ -32,6 +36,11 @@ pub struct TestServer {
 pub const SALES: &str = "tsr_sales_owner_token";
 pub const PAYMENTS: &str = "tsr_payments_owner_token";
 pub const ANALYST: &str = "tsr_analyst_token";
+pub const STEWARD: &str = "tsr_steward_token";
+pub const CUSTOMERS: &str = "tsr_customers_owner_token";
+
+/// The HMAC key of the test servers' `hash` masking.
+pub const MASKING_KEY: &[u8] = b"test-masking-key-0123456789";
 
 impl TestServer {
     /// `None` when PostgreSQL is wanted but missing outside CI.
@@ -68,20 +77,41 @@ impl TestServer {
                     principal("sales-owner", SALES, Role::Owner, &["sales"]),
                     principal("payments-owner", PAYMENTS, Role::Owner, &["payments"]),
                     principal("analyst", ANALYST, Role::Analyst, &[]),
+                    principal("steward", STEWARD, Role::Steward, &[]),
+                    principal("customers-owner", CUSTOMERS, Role::Owner, &["customers"]),
                 ],
             )
             .await
             .expect("principals");
         let warehouse = tessera_projection::Warehouse::parse("warehouse", dir.path()).expect("warehouse");
-        let projections = tessera_projection::Projections::start(store.clone(), warehouse);
-        let state = AppState::new(store.clone(), BODY_LIMIT).await.expect("state").with_projections(projections.clone());
+        let projections = tessera_projection::Projections::start(store.clone(), warehouse.clone());
+        let limits = tessera_query::Limits { max_rows: 10_000, ..tessera_query::Limits::default() };
+        let engine = tessera_query::Engine::new(store.clone(), warehouse.clone(), MASKING_KEY, limits);
+        let state =
+            AppState::new(store.clone(), BODY_LIMIT).await.expect("state").with_projections(projections.clone()).with_engine(engine);
+        let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let pg_port = pg_listener.local_addr().expect("address").port();
+        let (stop_pg, pg_stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(tessera_server::pgwire::serve(pg_listener, state.clone(), pg_stopped));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(tessera_server::serve(listener, state, async {
             let _ = rx.await;
         }));
-        Some(Self { base, http: reqwest::Client::new(), store, projections, shutdown: Some(tx), task, postgres: pg, _dir: dir })
+        Some(Self {
+            base,
+            http: reqwest::Client::new(),
+            store,
+            projections,
+            pg_port,
+            warehouse,
+            stop_pg,
+            shutdown: Some(tx),
+            task,
+            postgres: pg,
+            _dir: dir,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -151,6 +181,7 @@ impl TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        let _ = self.stop_pg.send(true);
         self.task.await.expect("server task").expect("served until shutdown");
         self.projections.shutdown(std::time::Duration::from_secs(10)).await;
         self.store.close().await;
@@ -163,6 +194,6 @@ impl TestServer {
 
 /// Under CI (`CI` set to anything but empty, `0` or `false`), a missing
 /// service fails the test instead of skipping it.
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
 }
