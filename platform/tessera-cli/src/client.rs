@@ -249,3 +249,57 @@ pub fn projection_command(kind: &str, product: &str, remote: &Remote) -> Result<
         }
     })
 }
+
+/// How `tessera sql` prints a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqlFormat {
+    /// An aligned table.
+    Table,
+    Csv,
+    Json,
+}
+
+/// `tessera sql "SELECT …"`: runs one query on the server as the token's
+/// principal (masked for it) and prints the result.
+pub fn sql(query: &str, format: SqlFormat, remote: &Remote) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        let accept = match format {
+            SqlFormat::Table => "application/vnd.apache.arrow.stream",
+            SqlFormat::Csv => "text/csv",
+            SqlFormat::Json => "application/json",
+        };
+        let started = Instant::now();
+        let request = remote
+            .request(&client, reqwest::Method::POST, "/api/v1/sql")
+            .header("accept", accept)
+            .json(&serde_json::json!({ "sql": query }));
+        let response = request.send().await.with_context(|| format!("cannot reach the server at {}", remote.server))?;
+        let status = response.status();
+        let limit: Option<usize> = response.headers().get("x-tessera-row-limit").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let body = response.bytes().await.context("the server's answer broke off")?;
+        if !status.is_success() {
+            eprintln!("query failed: {}", render_error(status, &String::from_utf8_lossy(&body)));
+            return Ok(ExitCode::from(1));
+        }
+        match format {
+            SqlFormat::Csv | SqlFormat::Json => {
+                use std::io::Write as _;
+                std::io::stdout().write_all(&body)?;
+                if format == SqlFormat::Json {
+                    println!();
+                }
+            }
+            SqlFormat::Table => {
+                let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
+                    .context("the result is not an Arrow stream")?;
+                let batches = reader.collect::<Result<Vec<_>, _>>().context("the result's Arrow stream is broken")?;
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+                let cut = if limit == Some(rows) { ", the server's row limit: there may be more" } else { "" };
+                eprintln!("({rows} row{}{cut}, {:.0} ms)", if rows == 1 { "" } else { "s" }, started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

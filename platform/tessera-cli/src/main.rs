@@ -79,6 +79,16 @@ enum Command {
         #[command(flatten)]
         remote: client::Remote,
     },
+    /// Run one SQL query on a server, masked for the token's principal.
+    Sql {
+        /// The query, e.g. "SELECT * FROM sales.orders.orders LIMIT 10".
+        query: String,
+        /// How to print the result.
+        #[arg(long, value_enum, default_value = "table")]
+        format: client::SqlFormat,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
     /// Replay a product's whole log into fresh tables and swap them in, one
     /// commit per table (on the server that projects it), with progress.
     Rebuild {
@@ -150,6 +160,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Publish { file, remote } => client::publish(&file, &remote),
         Command::Append { product, file, batch, remote } => client::append(&product, &file, batch, &remote),
+        Command::Sql { query, format, remote } => client::sql(&query, format, &remote),
         Command::Rebuild { product, remote } => client::projection_command("rebuild", &product, &remote),
         Command::Compact { product, remote } => client::projection_command("compact", &product, &remote),
         Command::Vacuum { product, remote } => client::projection_command("vacuum", &product, &remote),

@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// The example products for --demo.
     #[arg(long, default_value = "products")]
     products: PathBuf,
+    /// Where the PostgreSQL wire protocol listens (`off` to disable).
+    #[arg(long)]
+    pg_listen: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -47,6 +50,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     if let Some(url) = args.database_url {
         config.database_url = Some(url);
+    }
+    if let Some(pg) = args.pg_listen {
+        config.pg_listen = pg;
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(serve(config, args.demo, &args.products))
@@ -96,7 +102,9 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
 
     let warehouse = config.warehouse().map_err(anyhow::Error::msg)?;
     tracing::info!(warehouse = %warehouse.root(), "projecting into the warehouse");
-    let projections = Projections::start_with(store.clone(), warehouse, config.projection_options());
+    let projections = Projections::start_with(store.clone(), warehouse.clone(), config.projection_options());
+    let key = config.masking_key().map_err(anyhow::Error::msg)?;
+    let engine = tessera_query::Engine::new(store.clone(), warehouse, &key, config.query_limits());
     if with_demo {
         let started = std::time::Instant::now();
         for p in store.products().await? {
@@ -108,9 +116,30 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
         }
         println!("demo projected in {:.1} s", started.elapsed().as_secs_f64());
     }
-    let state = AppState::new(store.clone(), config.max_body_bytes).await?.with_projections(projections.clone());
+    let state = AppState::new(store.clone(), config.max_body_bytes).await?.with_projections(projections.clone()).with_engine(engine);
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let (stop_pg, pg_stopped) = tokio::sync::watch::channel(false);
+    let mut pg_task = None;
+    if let Some(pg) = config.pg_listen().map_err(anyhow::Error::msg)? {
+        let pg_listener = tokio::net::TcpListener::bind(pg)
+            .await
+            .with_context(|| format!("cannot listen on {pg} for the PostgreSQL protocol (set --pg-listen, or `off`)"))?;
+        let pg_address = pg_listener.local_addr()?;
+        if !pg_address.ip().is_loopback() {
+            tracing::warn!(
+                address = %pg_address,
+                "the PostgreSQL protocol listens beyond this machine without TLS: tokens (the passwords) travel in clear text; \
+                 put a TLS-terminating proxy in front of it"
+            );
+        }
+        println!(
+            "PostgreSQL protocol at {pg_address}: psql -h {} -p {} -U <principal> (the token is the password)",
+            pg_address.ip(),
+            pg_address.port()
+        );
+        pg_task = Some(tokio::spawn(tessera_server::pgwire::serve(pg_listener, state.clone(), pg_stopped)));
+    }
     if with_demo {
         println!("demo tokens (also in {}):", config.data_dir.join("demo-principals.json").display());
         for p in &demo_principals {
@@ -122,6 +151,10 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
     // Last, so that whoever waits for this line finds everything above it.
     println!("Tessera is serving at http://{address}");
     tessera_server::serve(listener, state, shutdown_signal()).await?;
+    let _ = stop_pg.send(true);
+    if let Some(task) = pg_task {
+        let _ = task.await;
+    }
     projections.shutdown(std::time::Duration::from_secs(10)).await;
     store.close().await;
     tracing::info!("stopped");

@@ -33,7 +33,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
 /// Starts `tessera serve` and returns it with its base URL.
 fn start(config: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--pg-listen", "off", "--config"])
         .arg(config)
         .current_dir(repo())
         .env("TESSERA_LOG", "error")

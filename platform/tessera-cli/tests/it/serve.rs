@@ -21,7 +21,7 @@ struct Demo {
 impl Demo {
     fn start(data_dir: &Path) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .current_dir(repo())
             .env("TESSERA_LOG", "warn")
@@ -183,6 +183,24 @@ fn demo_publishes_and_loads_every_example_then_clients_publish_and_append() {
     assert!(err.contains("lines 3-3 rejected") && err.contains("line 3:"), "{err}");
     assert!(err.contains("lines 1-2 were stored"), "{err}");
 
+    // `tessera sql`: an aligned table masked for the caller, CSV, and a refusal.
+    assert!(printed.contains("PostgreSQL protocol at 127.0.0.1:"), "{printed}");
+    let query = "SELECT customer_id, email FROM customers.profiles.profiles WHERE email IS NOT NULL ORDER BY customer_id LIMIT 2";
+    let out = tessera_remote(&["sql", query], &base, &token_of("analyst"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("| customer_id") && table.contains("| ***@example."), "{table}");
+    assert!(stderr(&out).contains("(2 rows,"), "{}", stderr(&out));
+    let out = tessera_remote(&["sql", query, "--format", "csv"], &base, &token_of("customers-owner"));
+    let csv = stdout(&out);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert_eq!(lines[0], "customer_id,email");
+    assert!(!lines[1].contains("***"), "the owner reads emails in the clear: {csv}");
+    let out = tessera_remote(&["sql", "DROP TABLE customers.profiles.profiles"], &base, &token_of("analyst"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("read_only") && stderr(&out).contains("DROP TABLE is not allowed"), "{}", stderr(&out));
+
     let mut demo = demo;
     let status = demo.stop();
     assert!(status.success(), "graceful shutdown on SIGTERM: {status:?}");
@@ -224,6 +242,7 @@ fn config_file_and_environment() {
         .args(["serve", "--config"])
         .arg(&config)
         .env("TESSERA_LISTEN", "127.0.0.1:0")
+        .env("TESSERA_PG_LISTEN", "off")
         .env("TESSERA_DATA_DIR", &data)
         .env("TESSERA_LOG", "warn")
         .current_dir(repo())
