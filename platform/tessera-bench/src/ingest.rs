@@ -169,7 +169,7 @@ impl Server {
             ),
         )?;
         let mut child = Command::new(tessera)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--pg-listen", "off", "--config"])
             .arg(&config)
             .arg("--data-dir")
             .arg(data_dir)

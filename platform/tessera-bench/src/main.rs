@@ -10,6 +10,10 @@
 //! `projection`: 1M and 10M events into an append table and an upsert
 //! table, against DuckDB doing the same transformation on the same events.
 //!
+//! `query`: ten analytical queries over the example products scaled to 10M
+//! rows, through `POST /api/v1/sql` as a masked and an unmasked role,
+//! against DuckDB on the same Parquet files; point lookups at 64 clients.
+//!
 //! Each benchmark rewrites its own section of the report, between
 //! `<!-- bench:NAME -->` markers, and leaves the others as they were.
 
@@ -17,6 +21,7 @@
 
 mod ingest;
 mod projection;
+mod query;
 
 use std::path::PathBuf;
 
@@ -35,6 +40,8 @@ enum Bench {
     Ingest(ingest::Args),
     /// Projection into append and upsert tables vs. DuckDB.
     Projection(projection::Args),
+    /// Analytical SQL through the HTTP API, masked and unmasked, vs. DuckDB; point lookups under load.
+    Query(query::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     match cli.bench {
         Bench::Ingest(args) => ingest::run(args),
         Bench::Projection(args) => projection::run(args),
+        Bench::Query(args) => query::run(args),
     }
 }
 
