@@ -225,11 +225,14 @@ async fn a_new_major_version_is_projected_into_a_generation_of_its_own(s: &TestS
     let v1 = s.projected("sales/orders", head).await;
     assert_eq!(v1["projection"]["generations"][0]["state"], "live", "{:#}", v1["projection"]);
 
-    // 2.0.0 drops a column: a breaking change, so a new generation.
+    // 2.0.0 drops a column: a breaking change, so a new generation. It also
+    // hides the customer's email from analysts altogether.
     let v2 = ORDERS
         .replacen("version: 1.2.0", "version: 2.0.0", 1)
         .replace("            channel: payload.channel\n", "")
-        .replace("      channel: { type: string, description: Where the order was placed }\n", "");
+        .replace("      channel: { type: string, description: Where the order was placed }\n", "")
+        .replacen("        classification: pii.email\n", "        classification: pii.email\n        masking: { analyst: \"null\" }\n", 1);
+    assert!(v2.contains("masking: { analyst: \"null\" }"), "the email column is where the test expects it");
     let (status, body) = s.publish(Some(SALES), &v2).await;
     assert_eq!(status, 201, "{body}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -258,6 +261,33 @@ async fn a_new_major_version_is_projected_into_a_generation_of_its_own(s: &TestS
         assert_eq!(schema.field("channel").is_some(), has_channel, "v{major}");
     }
 
+    // SQL reads both: the live one by the product's name, the previous one as "orders@v1",
+    // which masks at least as strictly as the live version (the email is null for analysts there too).
+    let sql = |token: &'static str, query: &'static str| async move {
+        s.call(reqwest::Method::POST, "/api/v1/sql", Some(token), Some("application/json"), json!({ "sql": query }).to_string()).await
+    };
+    let previous =
+        "SELECT count(*) AS n, count(channel) AS with_channel, count(customer_email) AS with_email FROM sales.\"orders@v1\".orders";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let owner = loop {
+        let (status, body) = sql(SALES, previous).await;
+        if status == 200 || std::time::Instant::now() > deadline {
+            assert_eq!(status, 200, "{body}");
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let rows = table(&v1, "orders")["rows"].as_i64().expect("rows");
+    assert_eq!(owner["rows"][0][0], rows, "{owner}");
+    assert!(owner["rows"][0][1].as_i64() > Some(0) && owner["rows"][0][2].as_i64() > Some(0), "{owner}");
+    let (status, analyst) = sql(ANALYST, previous).await;
+    assert_eq!(status, 200, "{analyst}");
+    assert_eq!((analyst["rows"][0][0].as_i64(), analyst["rows"][0][2].as_i64()), (Some(rows), Some(0)), "{analyst}");
+    let (status, live) = sql(ANALYST, "SELECT count(customer_email) FROM sales.orders.orders").await;
+    assert_eq!((status, live["rows"][0][0].as_i64()), (200, Some(0)), "{live}");
+    let (status, body) = sql(ANALYST, "SELECT channel FROM sales.orders.orders").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "v2 has no channel: {body}");
+
     let retire = |major: &str| {
         let path = format!("/api/v1/products/sales/orders/generations/{major}/retire");
         async move { s.call(reqwest::Method::POST, &path, Some(SALES), None, "").await }
@@ -269,4 +299,6 @@ async fn a_new_major_version_is_projected_into_a_generation_of_its_own(s: &TestS
     assert_eq!(body["generations"][0]["state"], "retired", "{body}");
     assert_eq!(retire("v9").await.0, 404);
     assert_eq!(retire("latest").await.0, 400);
+    let (status, body) = sql(SALES, previous).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "a retired generation is not served: {body}");
 }
