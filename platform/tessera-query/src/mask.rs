@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, ListArray, PrimitiveArray, StringArray, StructArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, LargeStringBuilder, ListArray, PrimitiveArray, StringBuilder, StringViewBuilder, StructArray, new_null_array,
+};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Field, Fields, TimeUnit};
 use arrow::error::ArrowError;
@@ -119,10 +121,10 @@ impl Mask {
         match self {
             Mask::Clear => Ok(Arc::clone(array)),
             Mask::Null => Ok(new_null_array(array.data_type(), array.len())),
-            Mask::Redact => map_strings(array, |_| "***".to_owned()),
+            Mask::Redact => map_strings(array, |_, out| out.push_str("***")),
             Mask::EmailDomain => map_strings(array, email_domain),
             Mask::Last4 => map_strings(array, last4),
-            Mask::Hash => map_strings(array, |s| key.hash(s)),
+            Mask::Hash => map_strings(array, |s, out| key.hash_into(s, out)),
             Mask::YearOnly => year_only(array),
             Mask::Struct(masks) => {
                 let s = array.as_struct_opt().ok_or_else(|| mismatch("a struct", array))?;
@@ -182,7 +184,18 @@ impl HashKey {
 
     /// The lowercase hex HMAC-SHA256 of `value`.
     pub fn hash(&self, value: &str) -> String {
-        hex::encode(self.0.clone().chain_update(value.as_bytes()).finalize().into_bytes())
+        let mut out = String::with_capacity(64);
+        self.hash_into(value, &mut out);
+        out
+    }
+
+    /// [`HashKey::hash`], appended to `out` (no allocation per value).
+    pub fn hash_into(&self, value: &str, out: &mut String) {
+        let digest = self.0.clone().chain_update(value.as_bytes()).finalize().into_bytes();
+        let mut hex = [0u8; 64];
+        if hex::encode_to_slice(digest, &mut hex).is_ok() {
+            out.extend(hex.iter().map(|b| char::from(*b)));
+        }
     }
 }
 
@@ -193,34 +206,53 @@ impl std::fmt::Debug for HashKey {
 }
 
 /// `someone@example.com` → `***@example.com`; a value without `@` → `***`.
-pub fn email_domain(value: &str) -> String {
-    match value.rsplit_once('@') {
-        Some((_, domain)) if !domain.is_empty() => format!("***@{domain}"),
-        _ => "***".to_owned(),
+pub fn email_domain(value: &str, out: &mut String) {
+    out.push_str("***");
+    if let Some((_, domain)) = value.rsplit_once('@')
+        && !domain.is_empty()
+    {
+        out.push('@');
+        out.push_str(domain);
     }
 }
 
 /// `+44 20 7946 0958` → `***0958`: the last four digits, nothing else. A
 /// value with fewer than four digits keeps none.
-pub fn last4(value: &str) -> String {
-    let digits: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() < 4 {
-        return "***".to_owned();
+pub fn last4(value: &str, out: &mut String) {
+    out.push_str("***");
+    let digits = value.bytes().filter(u8::is_ascii_digit).count();
+    if digits >= 4 {
+        out.extend(value.chars().filter(char::is_ascii_digit).skip(digits - 4));
     }
-    let mut out = String::from("***");
-    out.extend(&digits[digits.len() - 4..]);
-    out
 }
 
-/// Applies `f` to every non-null string, keeping the column's string type
-/// (`Utf8`, `LargeUtf8` or `Utf8View`).
-fn map_strings(array: &ArrayRef, f: impl Fn(&str) -> String) -> Result<ArrayRef, ArrowError> {
-    if !matches!(array.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-        return Err(mismatch("a string", array));
+/// Replaces every non-null string by what `f` writes for it, keeping the
+/// column's string type (`Utf8`, `LargeUtf8` or `Utf8View`). One buffer is
+/// reused for every value.
+fn map_strings(array: &ArrayRef, f: impl Fn(&str, &mut String)) -> Result<ArrayRef, ArrowError> {
+    let mut buffer = String::new();
+    macro_rules! mapped {
+        ($values:expr, $builder:expr) => {{
+            let mut out = $builder;
+            for v in $values {
+                match v {
+                    Some(v) => {
+                        buffer.clear();
+                        f(v, &mut buffer);
+                        out.append_value(&buffer);
+                    }
+                    None => out.append_null(),
+                }
+            }
+            Arc::new(out.finish()) as ArrayRef
+        }};
     }
-    let utf8 = cast(array, &DataType::Utf8)?;
-    let masked: StringArray = utf8.as_string::<i32>().iter().map(|v| v.map(&f)).collect();
-    cast(&(Arc::new(masked) as ArrayRef), array.data_type())
+    Ok(match array.data_type() {
+        DataType::Utf8 => mapped!(array.as_string::<i32>(), StringBuilder::with_capacity(array.len(), array.len() * 16)),
+        DataType::LargeUtf8 => mapped!(array.as_string::<i64>(), LargeStringBuilder::with_capacity(array.len(), array.len() * 16)),
+        DataType::Utf8View => mapped!(array.as_string_view(), StringViewBuilder::with_capacity(array.len())),
+        _ => return Err(mismatch("a string", array)),
+    })
 }
 
 /// A date or timestamp as the first instant of its year (UTC), same type.
@@ -266,7 +298,7 @@ fn date32_year_start(days: i32) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Date32Array, Int32Array, StringViewArray, TimestampMicrosecondArray};
+    use arrow::array::{Date32Array, Int32Array, StringArray, StringViewArray, TimestampMicrosecondArray};
 
     fn strings(values: &[Option<&str>]) -> ArrayRef {
         Arc::new(StringArray::from(values.to_vec()))
