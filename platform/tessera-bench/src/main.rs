@@ -90,6 +90,26 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
     v[rank - 1]
 }
 
+/// Waits until a started `tessera serve` prints the URL it serves at, and
+/// drains the rest of its output from then on.
+pub fn serving_url(child: &mut std::process::Child) -> anyhow::Result<String> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("the server's output is not piped"))?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let base = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("Tessera is serving at ") {
+                    break url.to_owned();
+                }
+            }
+            _ => anyhow::bail!("the server exited before it served"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(base)
+}
+
 /// The repository root: the working directory, which `bench/run` sets.
 pub fn repo() -> PathBuf {
     PathBuf::from(".")

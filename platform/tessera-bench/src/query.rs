@@ -302,19 +302,7 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}; build it with `cargo build --release -p tessera-cli`", tessera.display()))?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        let base = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("Tessera is serving at ") {
-                        break url.to_owned();
-                    }
-                }
-                _ => bail!("the server exited before it served"),
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let base = crate::serving_url(&mut child)?;
         Ok(Server { child, base })
     }
 
