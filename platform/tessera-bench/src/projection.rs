@@ -101,7 +101,7 @@ const UPSERT_TABLE: &str = r#"  latest:
 const DUCKDB: &str = r#"
 import sys, time, duckdb
 events, out, kind = sys.argv[1], sys.argv[2], sys.argv[3]
-con = duckdb.connect()
+con = duckdb.connect(config={'enable_progress_bar': False})
 cols = "{'pos': 'BIGINT', 'key': 'VARCHAR', 'value': 'BIGINT', 'at': 'TIMESTAMPTZ', 'note': 'VARCHAR'}"
 source = f"read_json('{events}', format='newline_delimited', columns={cols})"
 if kind == "append":
@@ -195,7 +195,8 @@ fn duckdb(python: &Path, events: &Path, out: &Path, kind: &str) -> Result<f64> {
     if !o.status.success() {
         bail!("DuckDB failed: {}", String::from_utf8_lossy(&o.stderr));
     }
-    String::from_utf8_lossy(&o.stdout).trim().parse().context("DuckDB's timing")
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.lines().last().unwrap_or_default().trim().parse().with_context(|| format!("DuckDB's timing in: {out}"))
 }
 
 async fn measure(args: &Args, n: usize) -> Result<Measured> {
