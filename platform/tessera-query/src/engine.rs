@@ -580,7 +580,7 @@ impl Rows {
 impl Drop for Rows {
     fn drop(&mut self) {
         if let Some(audit) = self.audit.take() {
-            audit.write(self.rows, std::mem::take(&mut self.tables), "cancelled", None);
+            audit.cancelled(self.rows, std::mem::take(&mut self.tables));
         }
     }
 }
