@@ -148,6 +148,14 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
         }
         println!("try: curl -s http://{address}/api/v1/products");
     }
+    println!("catalog: open http://{address}/ in a browser (sign in with a token, top right)");
+    // The search index is built before the first search needs it.
+    let (discovery, catalog_store) = (state.discovery.clone(), store.clone());
+    tokio::spawn(async move {
+        if let Err(e) = discovery.refresh(&catalog_store).await {
+            tracing::warn!(error = %e, "the catalog's search index could not be built; searches will retry");
+        }
+    });
     // Last, so that whoever waits for this line finds everything above it.
     println!("Tessera is serving at http://{address}");
     tessera_server::serve(listener, state, shutdown_signal()).await?;

@@ -1,5 +1,5 @@
 //! The HTTP API (axum): publishing contracts, appending and reading events,
-//! the catalog's product list, health. Handlers translate HTTP to
+//! SQL, the discovery catalog (its API and its web UI), health. Handlers translate HTTP to
 //! [`tessera_store::Store`] calls and back; the rules live in the store.
 //!
 //! Every error is JSON (see [`error::ApiError`]); bodies are read with a size
@@ -7,10 +7,12 @@
 
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod pgwire;
 pub mod projection;
 pub mod sql;
+mod ui;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -42,11 +44,20 @@ pub struct AppState {
     pub projections: Option<tessera_projection::Projections>,
     /// The SQL engine, when a warehouse is configured.
     pub engine: Option<tessera_query::Engine>,
+    /// The catalog's search index.
+    pub discovery: discovery::Discovery,
 }
 
 impl AppState {
     pub async fn new(store: Store, max_body_bytes: usize) -> Result<Self, tessera_store::Error> {
-        let state = Self { store, principals: Arc::default(), max_body_bytes, projections: None, engine: None };
+        let state = Self {
+            store,
+            principals: Arc::default(),
+            max_body_bytes,
+            projections: None,
+            engine: None,
+            discovery: discovery::Discovery::default(),
+        };
         state.reload_principals().await?;
         Ok(state)
     }
@@ -129,7 +140,14 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/products", get(list_products).post(publish))
         .route("/products/{domain}/{name}", get(product))
+        .route("/products/{domain}/{name}/versions", get(discovery::versions))
         .route("/products/{domain}/{name}/versions/{version}", get(contract_version))
+        .route("/products/{domain}/{name}/changelog", get(discovery::changelog))
+        .route("/products/{domain}/{name}/lineage", get(discovery::lineage))
+        .route("/products/{domain}/{name}/freshness", get(discovery::freshness))
+        .route("/products/{domain}/{name}/quality", get(discovery::quality))
+        .route("/products/{domain}/{name}/sample", get(discovery::sample))
+        .route("/products/{domain}/{name}/volume", get(discovery::volume))
         .route("/products/{domain}/{name}/events", get(read_log).post(append))
         .route("/products/{domain}/{name}/streams/{stream}", get(read_stream))
         .route("/products/{domain}/{name}/streams/{stream}/state", get(stream_state))
@@ -138,8 +156,13 @@ pub fn router(state: AppState) -> Router {
         .route("/products/{domain}/{name}/commands/{id}", get(command_status))
         .route("/products/{domain}/{name}/generations/{major}/retire", axum::routing::post(retire_generation))
         .route("/sql", axum::routing::post(sql::post_sql))
-        .route("/audit", get(sql::audit_log));
+        .route("/audit", get(sql::audit_log))
+        .route("/search", get(discovery::search))
+        .route("/me", get(discovery::me))
+        .route("/openapi.json", get(discovery::openapi));
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
@@ -233,6 +256,7 @@ async fn publish(State(state): State<AppState>, Caller(caller): Caller, headers:
     if let Some(engine) = &state.engine {
         engine.catalog().invalidate();
     }
+    state.discovery.invalidate();
     let status = match published.outcome {
         "unchanged" => StatusCode::OK,
         _ => StatusCode::CREATED,
@@ -248,11 +272,13 @@ async fn product(
     let summary = state.store.product(&domain, &name).await?;
     let versions = state.store.versions(&domain, &name).await?;
     let head = state.store.head(&domain, &name).await?;
+    let contract = state.store.current_contract(&domain, &name).await?;
+    let contract = discovery::contract_view(&contract, state.store.policy(), &caller);
     let projection = match &state.projections {
         Some(p) => projection::view(&state.store, p, &domain, &name, caller.is_member_of(&domain)).await?,
         None => None,
     };
-    Ok(Json(json!({ "product": summary, "versions": versions, "head_position": head, "projection": projection })))
+    Ok(Json(json!({ "product": summary, "contract": contract, "versions": versions, "head_position": head, "projection": projection })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -529,6 +529,20 @@ impl Store {
         Ok(sqlx::query(AssertSqlSafe(sql)).bind(product.id).fetch_one(self.pool()).await?.try_get(0)?)
     }
 
+    /// Events recorded per day and type since `since` (microseconds since
+    /// the epoch): `(day, event type, count)`, day as days since the epoch,
+    /// oldest first.
+    pub async fn event_volume(&self, domain: &str, name: &str, since: i64) -> Result<Vec<(i64, String, i64)>> {
+        let product = self.product_row(domain, name).await?;
+        let sql = format!(
+            "SELECT recorded_at / 86400000000 AS day, event_type, COUNT(*) FROM events \
+             WHERE product_id = $1 AND recorded_at >= $2{} GROUP BY recorded_at / 86400000000, event_type ORDER BY day, event_type",
+            self.horizon()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(since).fetch_all(self.pool()).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
     /// A stream's current version: that of its last event, 0 if it has none.
     pub async fn stream_version(&self, domain: &str, name: &str, stream: &str) -> Result<i64> {
         let product = self.product_row(domain, name).await?;

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stderr)] // Tests say what they skipped.
 
 mod api;
+mod catalog;
 mod projection;
 mod sql;
 mod support;
