@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // Test code: a panic is a failure.
 
+mod browser;
 mod contracts;
 mod crash;
 mod samples;

@@ -11,15 +11,15 @@ use serde_json::Value;
 use crate::{repo, stderr, stdout};
 
 /// A `tessera serve --demo` process and the address it serves at.
-struct Demo {
+pub(crate) struct Demo {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     /// Keeps the reader thread of the server's output alive.
     _output: std::sync::mpsc::Receiver<String>,
 }
 
 impl Demo {
-    fn start(data_dir: &Path) -> Demo {
+    pub(crate) fn start(data_dir: &Path) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
