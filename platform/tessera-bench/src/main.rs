@@ -14,11 +14,15 @@
 //! rows, through `POST /api/v1/sql` as a masked and an unmasked role,
 //! against DuckDB on the same Parquet files; point lookups at 64 clients.
 //!
+//! `catalog`: search over 10,000 generated products through
+//! `GET /api/v1/search`, against SQLite FTS5 over the same text.
+//!
 //! Each benchmark rewrites its own section of the report, between
 //! `<!-- bench:NAME -->` markers, and leaves the others as they were.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // A benchmark reports.
 
+mod catalog;
 mod ingest;
 mod projection;
 mod query;
@@ -42,6 +46,8 @@ enum Bench {
     Projection(projection::Args),
     /// Analytical SQL through the HTTP API, masked and unmasked, vs. DuckDB; point lookups under load.
     Query(query::Args),
+    /// Catalog search over 10,000 generated products vs. SQLite FTS5.
+    Catalog(catalog::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Ingest(args) => ingest::run(args),
         Bench::Projection(args) => projection::run(args),
         Bench::Query(args) => query::run(args),
+        Bench::Catalog(args) => catalog::run(args),
     }
 }
 
