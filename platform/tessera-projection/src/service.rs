@@ -320,6 +320,11 @@ async fn follow_until_stopped(
                 tracing::warn!(product = %product, error = %e, "projection failed; retrying");
                 inner.update(&product, |s| s.error = Some(e.to_string()));
                 projector.reset();
+                // Commands still run while projection fails: a rebuild is
+                // often what a failing projection needs, and nobody else takes them.
+                if let Err(e) = commands(&inner, projector, domain, name).await {
+                    tracing::warn!(product = %product, error = %e, "a projection command failed");
+                }
                 drop(inner);
                 let backoff = Duration::from_millis(200u64.saturating_mul(1 << failures.min(5)));
                 pause(stop, backoff).await;
@@ -382,6 +387,23 @@ async fn maintain(
     name: &str,
     last_vacuum: &mut tokio::time::Instant,
 ) -> Result<bool, crate::projector::Error> {
+    let mut did = commands(inner, projector, domain, name).await?;
+    let crowded = projector.tables()?.iter().any(|t| t.stats.files >= inner.options.compact_after_files);
+    if crowded {
+        projector.compact(inner.options.compact_after_files).await?;
+        did = true;
+    }
+    if last_vacuum.elapsed() >= inner.options.vacuum_every {
+        *last_vacuum = tokio::time::Instant::now();
+        projector.vacuum(inner.options.retention).await?;
+        did = true;
+    }
+    Ok(did)
+}
+
+/// Carries out the commands asked of this product's projector, oldest
+/// first. Returns whether there were any.
+async fn commands(inner: &Inner, projector: &mut Projector, domain: &str, name: &str) -> Result<bool, crate::projector::Error> {
     let mut did = false;
     while let Some(command) = inner.store.next_command(domain, name).await? {
         tracing::info!(product = %projector.product(), command = %command.kind, id = command.id, "running a projection command");
@@ -403,16 +425,6 @@ async fn maintain(
             projector.reset();
             return Err(crate::projector::Error::Derived { table: String::new(), message: format!("{} failed: {e}", command.kind) });
         }
-    }
-    let crowded = projector.tables()?.iter().any(|t| t.stats.files >= inner.options.compact_after_files);
-    if crowded {
-        projector.compact(inner.options.compact_after_files).await?;
-        did = true;
-    }
-    if last_vacuum.elapsed() >= inner.options.vacuum_every {
-        *last_vacuum = tokio::time::Instant::now();
-        projector.vacuum(inner.options.retention).await?;
-        did = true;
     }
     Ok(did)
 }
