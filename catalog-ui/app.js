@@ -125,7 +125,10 @@ function signOut() {
 function parseHash() {
   const raw = location.hash.replace(/^#/, '') || '/';
   const [path, query] = raw.split('?');
-  return { parts: path.split('/').filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query || '') };
+  const decode = (part) => {
+    try { return decodeURIComponent(part); } catch (_) { return part; }
+  };
+  return { parts: path.split('/').filter(Boolean).map(decode), params: new URLSearchParams(query || '') };
 }
 
 function markNav(which) {
@@ -472,11 +475,40 @@ function renderVolume(section, v) {
       svg('text', { x: 4, y: top + 10, 'font-size': 11, fill: '#5a6678' }, String(max)),
       svg('text', { x: 4, y: H - bottom, 'font-size': 11, fill: '#5a6678' }, '0'),
       bars, labels),
+    h('h3', {}, 'Rows per table, last 30 days'),
+    rowsChart(days.map((d) => d.day), v.tables),
     h('h3', {}, 'Rows per table, at the end of each day it changed'),
     h('div', { class: 'scroll' }, h('table', { class: 'data' },
       h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Table'), h('th', { scope: 'col' }, 'Day'), h('th', { scope: 'col' }, 'Rows'), h('th', { scope: 'col' }, 'Version'))),
       h('tbody', {}, Object.entries(v.tables).flatMap(([t, series]) => series.map((s) =>
         h('tr', {}, h('td', { class: 'mono' }, t), h('td', {}, s.day), h('td', {}, String(s.rows)), h('td', {}, String(s.version)))))))));
+}
+
+// One line per table: its rows at the end of each day, carried forward
+// from the last day it changed.
+function rowsChart(dayLabels, tables) {
+  const W = 640, H = 160, left = 44, bottom = 8, top = 10;
+  const colours = ['#2f5d8a', '#e0a030', '#1d7a46', '#b3261e', '#5b2a86', '#8796a8'];
+  const series = Object.entries(tables).map(([name, points]) => {
+    const byDay = new Map(points.map((p) => [p.day, p.rows]));
+    let last = 0;
+    return [name, dayLabels.map((d) => (last = byDay.has(d) ? byDay.get(d) : last))];
+  });
+  const max = Math.max(1, ...series.flatMap(([, v]) => v));
+  const step = (W - left - 8) / Math.max(dayLabels.length - 1, 1);
+  const y = (v) => H - bottom - ((H - bottom - top) * v) / max;
+  const lines = series.map(([name, values], i) => svg('polyline', {
+    points: values.map((v, j) => `${left + j * step},${y(v)}`).join(' '), fill: 'none', stroke: colours[i % colours.length], 'stroke-width': 2,
+  }, svg('title', {}, `${name}: ${values[values.length - 1]} rows today`)));
+  const summary = series.map(([name, values]) => `${name} ${values[values.length - 1]}`).join(', ');
+  return h('figure', {},
+    svg('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Rows per table today: ${summary || 'no tables yet'}` },
+      svg('line', { x1: left, y1: H - bottom, x2: W, y2: H - bottom, stroke: '#8796a8' }),
+      svg('text', { x: 4, y: top + 10, 'font-size': 11, fill: '#5a6678' }, String(max)),
+      svg('text', { x: 4, y: H - bottom, 'font-size': 11, fill: '#5a6678' }, '0'),
+      lines),
+    h('figcaption', { class: 'legend small' }, series.map(([name], i) =>
+      h('span', {}, svg('svg', { width: 12, height: 12, 'aria-hidden': 'true' }, svg('rect', { width: 12, height: 12, fill: colours[i % colours.length] })), ' ', name, ' '))));
 }
 
 function renderVersions(section, base, versions) {

@@ -104,6 +104,8 @@ await scenario('search-and-open-a-product', async (page) => {
   await page.waitForSelector('#h-lineage ~ .lineage svg');
   await page.waitForSelector('pre.yaml .k');
   await page.waitForSelector('#h-volume ~ svg.chart rect', { state: 'attached' });
+  const lines = await page.$$eval('#h-volume ~ figure polyline', (ps) => ps.length);
+  check(lines === 3, `one line of rows per table, got ${lines}`);
   await shot(page, 'product.png');
 });
 

@@ -76,9 +76,15 @@ impl Discovery {
             let key = format!("{}/{}", p.domain, p.name);
             let current = contracts.get(&key).is_some_and(|c| c.version.to_string() == p.current_version);
             if !current {
-                let contract = store.contract_at(&p.domain, &p.name, &p.current_version).await?;
-                contracts.insert(key.clone(), Arc::new(contract));
-                changed = true;
+                match store.contract_at(&p.domain, &p.name, &p.current_version).await {
+                    Ok(contract) => {
+                        contracts.insert(key.clone(), Arc::new(contract));
+                        changed = true;
+                    }
+                    // One contract that no longer reads (a policy changed under it) must not take search down
+                    // for every product: it keeps its previous entry, if any, and is tried again next time.
+                    Err(e) => tracing::warn!(product = %key, error = %e, "a product's contract could not be indexed"),
+                }
             }
             seen.insert(key);
         }
@@ -142,6 +148,11 @@ pub(crate) async fn search(State(state): State<AppState>, query: QueryResult<Sea
         return Err(bad_query(format!("the query is {} bytes long; at most 500", text.len()), usage));
     }
     let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    if let Some(status) = nonempty(q.status.clone())
+        && tessera_contract::model::Status::parse(&status).is_none()
+    {
+        return Err(bad_query(format!("status `{status}` is none of draft, active, deprecated, retired"), usage));
+    }
     let filters =
         search::Filters { domain: nonempty(q.domain), tag: nonempty(q.tag), status: nonempty(q.status), owner: nonempty(q.owner) };
     let index = state.discovery.index(&state.store).await?;
@@ -262,6 +273,11 @@ pub(crate) async fn changelog(
     let last = versions.last().map(|v| v.version.clone()).unwrap_or_default();
     let from = q.from.unwrap_or(first);
     let to = q.to.unwrap_or(last);
+    if let (Ok(a), Ok(b)) = (semver::Version::parse(&from), semver::Version::parse(&to))
+        && a > b
+    {
+        return Err(bad_query(format!("`from` ({from}) is newer than `to` ({to})"), "swap them: ?from=<older>&to=<newer>"));
+    }
     let old = state.store.contract_at(&domain, &name, &from).await?;
     let new = state.store.contract_at(&domain, &name, &to).await?;
     let diff = tessera_contract::diff(&old, &new, state.store.policy());
@@ -272,7 +288,6 @@ pub(crate) async fn changelog(
             else {
                 return false;
             };
-            let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
             at > lo && at <= hi
         })
         .collect();
@@ -460,8 +475,11 @@ pub(crate) async fn sample(
     }
     writer.finish().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()))?;
     let data = writer.into_inner();
-    let objects: Vec<serde_json::Map<String, Value>> =
-        if data.is_empty() { Vec::new() } else { serde_json::from_slice(&data).unwrap_or_default() };
+    let objects: Vec<serde_json::Map<String, Value>> = if data.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&data).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()))?
+    };
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let rows: Vec<Vec<Value>> =
         objects.into_iter().map(|mut o| columns.iter().map(|c| o.remove(c).unwrap_or(Value::Null)).collect()).collect();
@@ -478,10 +496,15 @@ pub(crate) struct VolumeQuery {
     days: Option<i64>,
 }
 
-/// `GET …/volume?days=`: events recorded per day (by type), and each
-/// table's rows at the end of every day it changed.
+/// Days of a table's row history that one volume request loads at most.
+const ROW_DAYS: usize = 31;
+
+/// `GET …/volume?days=`: events recorded per day (by type, for the
+/// domain's members), and each table's rows at the end of every day it
+/// changed (the last 31 such days).
 pub(crate) async fn volume(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiPath((domain, name)): ApiPath<(String, String)>,
     query: QueryResult<VolumeQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -502,8 +525,16 @@ pub(crate) async fn volume(
         e.0 += count;
         *e.1.entry(kind).or_default() += count;
     }
-    let events: Vec<Value> =
-        per_day.into_iter().map(|(d, (total, by_type))| json!({"day": day_text(d), "events": total, "by_type": by_type})).collect();
+    // Counts per event type come from the log, which only the domain reads:
+    // in a small product, a day's `…Erased` events could single someone out.
+    let member = caller.is_member_of(&domain);
+    let events: Vec<Value> = per_day
+        .into_iter()
+        .map(|(d, (total, by_type))| {
+            let by_type = if member { json!(by_type) } else { Value::Null };
+            json!({"day": day_text(d), "events": total, "by_type": by_type})
+        })
+        .collect();
 
     let mut tables = serde_json::Map::new();
     if let Some(projections) = &state.projections {
@@ -520,8 +551,10 @@ pub(crate) async fn volume(
                     last_of_day.insert(day, c.version);
                 }
             }
+            // One table load per day: at most the last ROW_DAYS days that changed.
             let mut series = Vec::new();
-            for (day, version) in last_of_day {
+            let skip = last_of_day.len().saturating_sub(ROW_DAYS);
+            for (day, version) in last_of_day.into_iter().skip(skip) {
                 let Ok(t) = tessera_projection::history::at_version(&url, version).await else { continue };
                 if let Ok(stats) = tessera_projection::delta::stats(&t, &url) {
                     series.push(json!({"day": day_text(day), "rows": stats.rows, "version": version}));

@@ -251,7 +251,8 @@ impl Index {
     /// The products matching `query` and `filters`, best first.
     pub fn search(&self, query: &str, filters: &Filters, offset: usize, limit: usize) -> Results {
         let n = self.hits.len() as f32;
-        let query_words = query_words(query);
+        let mut query_words = query_words(query);
+        query_words.truncate(MAX_WORDS);
         // doc → (score, fields, words matched)
         let mut scores: HashMap<u32, (f32, u16, usize)> = HashMap::new();
         for (i, word) in query_words.iter().enumerate() {
@@ -269,7 +270,7 @@ impl Index {
             };
             add(word, 1.0);
             if last && word.chars().count() >= 2 {
-                for term in self.with_prefix(word).filter(|t| *t != word).take(200) {
+                for term in self.with_prefix(word).filter(|t| *t != word) {
                     add(term, 0.7);
                 }
             }
@@ -287,9 +288,11 @@ impl Index {
         } else {
             scores.into_iter().filter(|(_, (_, _, count))| *count == query_words.len()).map(|(d, (s, f, _))| (d, s, f)).collect()
         };
+        // Each facet counts the matches under every filter but its own, so
+        // that choosing a domain still shows what the other domains hold.
+        let facets = self.facets(&matched, filters);
         let mut filtered: Vec<(u32, f32, u16)> =
             matched.into_iter().filter(|(d, _, _)| self.hits.get(*d as usize).is_some_and(|h| filters.admit(h))).collect();
-        let facets = self.facets(filtered.iter().map(|(d, _, _)| *d));
         filtered.sort_by(|a, b| {
             b.1.total_cmp(&a.1).then_with(|| {
                 let (ha, hb) = (&self.hits[a.0 as usize], &self.hits[b.0 as usize]);
@@ -315,18 +318,33 @@ impl Index {
         self.terms[start..].iter().take_while(move |t| t.starts_with(prefix))
     }
 
-    fn facets(&self, docs: impl Iterator<Item = u32>) -> Facets {
+    fn facets(&self, matched: &[(u32, f32, u16)], filters: &Filters) -> Facets {
         let mut domain = BTreeMap::<&str, usize>::new();
         let mut tag = BTreeMap::<&str, usize>::new();
         let mut status = BTreeMap::<&str, usize>::new();
         let mut owner = BTreeMap::<&str, usize>::new();
-        for d in docs {
-            let h = &self.hits[d as usize];
-            *domain.entry(&h.domain).or_default() += 1;
-            *status.entry(&h.status).or_default() += 1;
-            *owner.entry(&h.owner).or_default() += 1;
-            for t in &h.tags {
-                *tag.entry(t).or_default() += 1;
+        let without = |f: fn(&mut Filters)| {
+            let mut other = filters.clone();
+            f(&mut other);
+            other
+        };
+        let (no_domain, no_tag) = (without(|f| f.domain = None), without(|f| f.tag = None));
+        let (no_status, no_owner) = (without(|f| f.status = None), without(|f| f.owner = None));
+        for (d, _, _) in matched {
+            let h = &self.hits[*d as usize];
+            if no_domain.admit(h) {
+                *domain.entry(&h.domain).or_default() += 1;
+            }
+            if no_status.admit(h) {
+                *status.entry(&h.status).or_default() += 1;
+            }
+            if no_owner.admit(h) {
+                *owner.entry(&h.owner).or_default() += 1;
+            }
+            if no_tag.admit(h) {
+                for t in &h.tags {
+                    *tag.entry(t).or_default() += 1;
+                }
             }
         }
         Facets { domain: top(domain), tag: top(tag), status: top(status), owner: top(owner) }
@@ -341,28 +359,31 @@ fn top(counts: BTreeMap<&str, usize>) -> Vec<FacetCount> {
     v
 }
 
-/// The words of a query, in order, each once. Punctuation inside a word
-/// joins it (`customer_email`, `e-commerce` → `ecommerce`), as indexing does.
+/// The words of a query, in order, each once. An identifier
+/// (`customer_email`) stays one word, as it is indexed whole; anything else
+/// splits at punctuation (`sales/orders`, `sales.orders.orders`,
+/// `e-commerce`), and every part must match.
 fn query_words(query: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for chunk in query.split_whitespace() {
         let lower = chunk.to_lowercase();
         let trimmed = lower.trim_matches(|c: char| !c.is_alphanumeric());
-        if trimmed.is_empty() {
-            continue;
-        }
-        let word = if trimmed.chars().all(|c| c.is_alphanumeric() || c == '_') {
-            trimmed.to_owned()
+        let parts: Vec<&str> = if trimmed.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            vec![trimmed]
         } else {
-            trimmed.chars().filter(|c| c.is_alphanumeric()).collect()
+            trimmed.split(|c: char| !c.is_alphanumeric()).collect()
         };
-        if !out.contains(&word) {
-            out.push(word);
+        for word in parts.into_iter().filter(|w| !w.is_empty()) {
+            if !out.iter().any(|o| o == word) {
+                out.push(word.to_owned());
+            }
         }
     }
-    out.truncate(16);
     out
 }
+
+/// At most this many words of a query count.
+pub const MAX_WORDS: usize = 16;
 
 impl Filters {
     fn admit(&self, hit: &Hit) -> bool {
@@ -419,6 +440,9 @@ mod tests {
         assert_eq!(col.results[0].hit.name, "people");
         assert!(col.results[0].matched_in.contains(&"columns"));
         assert_eq!(index.search("nothing-like-it", &Filters::default(), 0, 10).total, 0);
+        // A product's path, as the UI shows it, finds it.
+        let path = index.search("sales/orders", &Filters::default(), 0, 10);
+        assert_eq!(path.results.iter().map(|r| r.hit.name.as_str()).collect::<Vec<_>>(), vec!["orders"]);
     }
 
     #[test]
@@ -433,6 +457,11 @@ mod tests {
         let pii = index.search("", &Filters { tag: Some("pii".into()), ..Filters::default() }, 0, 10);
         assert_eq!(pii.total, 2);
         assert_eq!(pii.facets.domain.len(), 2);
+        // A facet's own filter does not narrow its counts; the others do.
+        let sales = index.search("", &Filters { domain: Some("sales".into()), ..Filters::default() }, 0, 10);
+        assert_eq!(sales.total, 2);
+        assert_eq!(sales.facets.domain.len(), 2, "{:?}", sales.facets.domain);
+        assert_eq!(sales.facets.tag, vec![FacetCount { value: "revenue".into(), count: 2 }, FacetCount { value: "pii".into(), count: 1 }]);
         let sales_pii = index.search("", &Filters { tag: Some("pii".into()), domain: Some("sales".into()), ..Filters::default() }, 0, 10);
         assert_eq!(sales_pii.results.iter().map(|r| r.hit.name.as_str()).collect::<Vec<_>>(), vec!["orders"]);
         // Paging keeps the total.
