@@ -169,7 +169,7 @@ fn contract(i: usize) -> String {
     let domain = DOMAINS[i % DOMAINS.len()];
     let noun = NOUNS[rng.usize(..NOUNS.len())];
     let qualifier = QUALIFIERS[rng.usize(..QUALIFIERS.len())];
-    let name = format!("{qualifier}-{noun}-{i}");
+    let name = format!("{qualifier}_{noun}_{i}");
     let tags: Vec<&str> =
         (0..rng.usize(1..4)).map(|_| TAGS[rng.usize(..TAGS.len())]).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let columns: Vec<&str> =
