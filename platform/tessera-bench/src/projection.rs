@@ -101,7 +101,8 @@ const UPSERT_TABLE: &str = r#"  latest:
 const DUCKDB: &str = r#"
 import sys, time, duckdb
 events, out, kind = sys.argv[1], sys.argv[2], sys.argv[3]
-con = duckdb.connect(config={'enable_progress_bar': False})
+con = duckdb.connect()
+con.execute('SET enable_progress_bar = false')
 cols = "{'pos': 'BIGINT', 'key': 'VARCHAR', 'value': 'BIGINT', 'at': 'TIMESTAMPTZ', 'note': 'VARCHAR'}"
 source = f"read_json('{events}', format='newline_delimited', columns={cols})"
 if kind == "append":

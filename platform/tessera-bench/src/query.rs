@@ -359,7 +359,8 @@ async fn files(dir: &Path, version: u64) -> Result<Vec<(String, Vec<String>)>> {
 const DUCKDB: &str = r#"
 import json, sys, time, duckdb
 spec = json.load(open(sys.argv[1]))
-con = duckdb.connect(config={'enable_progress_bar': False})
+con = duckdb.connect()
+con.execute('SET enable_progress_bar = false')
 for name, files in spec["tables"]:
     catalog, schema, table = name.split(".")
     if catalog not in [r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()]:
