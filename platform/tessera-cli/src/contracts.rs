@@ -26,13 +26,29 @@ fn lint_file(path: &Path, policy: &Policy) -> Result<Linted> {
     Ok(tessera_contract::lint_bytes(&bytes, policy))
 }
 
+/// Adds what the platform will do with the contract's derived tables (which
+/// are views, and why): information from planning their queries.
+fn add_lineage(linted: &mut Linted, path: &Path) -> Result<()> {
+    let Some(contract) = linted.contract.as_ref().filter(|_| !linted.has_errors()) else { return Ok(()) };
+    if !contract.tables.values().any(|t| matches!(t.projection, tessera_contract::model::Projection::Sql { .. })) {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().build().context("cannot start the async runtime")?;
+    let lineage = runtime.block_on(tessera_projection::lineage::analyze(contract));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    linted.diagnostics.extend(tessera_projection::lineage::view_diagnostics(&lineage, &text));
+    linted.diagnostics.sort_by_key(|d| (d.position, d.code));
+    Ok(())
+}
+
 pub fn lint(files: &[std::path::PathBuf], policy: Option<&Path>, format: Format) -> Result<ExitCode> {
     let policy = load_policy(policy)?;
     let mut failed = false;
     let (mut errors, mut warnings) = (0, 0);
     let mut reports = Vec::new();
     for path in files {
-        let linted = lint_file(path, &policy)?;
+        let mut linted = lint_file(path, &policy)?;
+        add_lineage(&mut linted, path)?;
         failed |= linted.has_errors();
         errors += linted.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
         warnings += linted.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();

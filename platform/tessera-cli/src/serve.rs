@@ -54,9 +54,19 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if let Some(pg) = args.pg_listen {
         config.pg_listen = pg;
     }
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // Deep stacks for every worker: planning and running a query recurse
+    // with its nesting, up to the configured bound (query_max_depth). The
+    // memory is reserved, and used only by a query that nests that deep.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(serve(config, args.demo, &args.products))
 }
+
+/// The stack of each runtime thread.
+const WORKER_STACK_BYTES: usize = 32 << 20;
 
 fn init_tracing(json: bool) {
     // The Delta kernel logs an error for every table it looks for before

@@ -50,11 +50,12 @@ pub enum Code {
     GovernanceLoosenedMasking,
     GovernanceInapplicableMasking,
     GovernanceWeakerThanSource,
+    DerivedView,
 }
 
 impl Code {
     /// Every code, in documentation order.
-    pub const ALL: [Code; 35] = [
+    pub const ALL: [Code; 36] = [
         Code::YamlSyntax,
         Code::YamlAnchor,
         Code::YamlTag,
@@ -90,6 +91,7 @@ impl Code {
         Code::GovernanceLoosenedMasking,
         Code::GovernanceInapplicableMasking,
         Code::GovernanceWeakerThanSource,
+        Code::DerivedView,
     ];
 
     /// The code as written in messages, e.g. `ref.unknown_column`.
@@ -130,6 +132,7 @@ impl Code {
             Code::GovernanceLoosenedMasking => "governance.loosened_masking",
             Code::GovernanceInapplicableMasking => "governance.inapplicable_masking",
             Code::GovernanceWeakerThanSource => "governance.weaker_than_source",
+            Code::DerivedView => "derived.view",
         }
     }
 }
@@ -146,10 +149,12 @@ impl Serialize for Code {
     }
 }
 
-/// How serious a diagnostic is. Errors fail the lint; warnings do not.
+/// How serious a diagnostic is. Errors fail the lint; warnings and
+/// information do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    Info,
     Warning,
     Error,
 }
@@ -198,6 +203,11 @@ impl Diagnostic {
         Self { severity: Severity::Warning, ..Self::error(code, pointer, message) }
     }
 
+    /// Information about the value at `pointer`: how the platform will treat it.
+    pub fn info(code: Code, pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { severity: Severity::Info, ..Self::error(code, pointer, message) }
+    }
+
     /// Points at the key of the node rather than its value.
     pub fn at_key(mut self) -> Self {
         self.target = Target::Key;
@@ -242,6 +252,7 @@ impl Diagnostic {
         let severity = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Info => "info",
         };
         let pos = self.position.unwrap_or(Position { line: 1, column: 1 });
         let _ = write!(out, "{file}:{}:{}: {severity}[{}]: {}", pos.line, pos.column, self.code, self.message);

@@ -56,13 +56,18 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                 continue;
             };
             for (col_name, source) in assigned {
-                let (Source::Payload(path), Some(col)) = (source, table.columns.get(col_name)) else {
+                let Some(col) = table.columns.get(col_name) else {
                     continue;
                 };
-                let Ok(field) = payload::resolve(&event.schema, path) else {
-                    continue;
+                // The source's classification: a payload field's own (or its
+                // classified parent object's); a metadata key's by the naming
+                // heuristics, since metadata has no schema to declare it in.
+                let source_class = match source {
+                    Source::Payload(path) => payload::resolve(&event.schema, path).ok().and_then(|f| f.classification),
+                    Source::Metadata(key) => policy.suspect(key),
+                    _ => None,
                 };
-                let Some(source_class) = field.classification.filter(|c| *c != NONE) else {
+                let Some(source_class) = source_class.filter(|c| *c != NONE) else {
                     continue;
                 };
                 let Some(source_policy) = policy.classifications.get(source_class) else {
@@ -82,7 +87,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                             Code::GovernanceWeakerThanSource,
                             format!("/tables/{table_name}/columns/{col_name}"),
                             format!(
-                                "column `{col_name}` is filled from `payload.{path}` ({source_class}) but is masked less strictly: {}",
+                                "column `{col_name}` is filled from `{source}` ({source_class}) but is masked less strictly: {}",
                                 weaker.join("; ")
                             ),
                         )

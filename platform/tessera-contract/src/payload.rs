@@ -93,7 +93,12 @@ fn is_required(node: &Value, name: &str) -> bool {
 pub fn resolve<'a>(root: &'a Value, path: &FieldPath) -> Result<Field<'a>, Unresolved> {
     let mut node = deref(root, root);
     let mut always_present = true;
+    // A field inside a classified object is as personal as the object.
+    let mut inherited: Option<&str> = None;
     for (depth, segment) in path.0.iter().enumerate() {
+        if let Some(c) = node.get("classification").and_then(Value::as_str).filter(|c| *c != crate::policy::NONE) {
+            inherited = Some(c);
+        }
         let props = properties(node);
         let Some(next) = props.and_then(|p| p.get(segment)) else {
             return Err(Unresolved { depth, available: props.map(|p| p.keys().cloned().collect()).unwrap_or_default() });
@@ -108,7 +113,8 @@ pub fn resolve<'a>(root: &'a Value, path: &FieldPath) -> Result<Field<'a>, Unres
         types: all.into_iter().filter(|t| *t != "null").collect(),
         always_present,
         format: node.get("format").and_then(Value::as_str),
-        classification: node.get("classification").and_then(Value::as_str),
+        // Its own classification (an explicit `none` included), or else its object's.
+        classification: node.get("classification").and_then(Value::as_str).or(inherited),
     })
 }
 

@@ -13,6 +13,7 @@
 pub mod delta;
 pub mod fold;
 pub mod history;
+pub mod lineage;
 pub mod projector;
 pub mod quality;
 pub mod rows;

@@ -37,6 +37,8 @@ pub enum Error {
     Delta(Box<delta::Error>),
     #[error("derived table {table}: {message}")]
     Derived { table: String, message: String },
+    #[error("the projector failed unexpectedly ({0}); it retries, and the server's log has the details")]
+    Panicked(String),
 }
 
 impl From<delta::Error> for Error {
@@ -74,6 +76,8 @@ struct Generation {
     retyped: Vec<String>,
     /// Whether this generation is the live one (it has caught up once).
     live: bool,
+    /// Which derived tables are views (never materialized).
+    lineage: crate::lineage::Lineage,
 }
 
 struct Target {
@@ -193,18 +197,29 @@ impl Projector {
         let major_id = i64::try_from(major).unwrap_or(i64::MAX);
         self.store.ensure_generation(&self.domain, &self.name, major_id).await?;
         let live = self.store.generations(&self.domain, &self.name).await?.iter().any(|g| g.major == major_id && g.state == "live");
+        let lineage = crate::lineage::analyze(&contract).await;
         let mut tables = Vec::with_capacity(contract.tables.len());
         let mut retyped = Vec::new();
         for (name, spec) in &contract.tables {
             let schema = table_schema(spec);
             let url = self.warehouse.table_url(&self.domain, &self.name, major, name.as_str());
-            let table = delta::open_or_create(&url, name.as_str(), &schema).await?;
+            let mut table = delta::open_or_create(&url, name.as_str(), &schema).await?;
+            if lineage.is_view(name.as_str()) && (table.version().unwrap_or(0) > 0 || delta::stats(&table, &url)?.files > 0) {
+                // A derived table that reads classified columns is a view: what an
+                // earlier version materialized of it goes, every version of it.
+                tracing::warn!(product = %self.product(), table = %name, "removing a derived table's materialized files: it reads classified columns and is served as a view");
+                delta::remove_all(&table).await.map_err(|e| Error::Derived {
+                    table: name.to_string(),
+                    message: format!("cannot remove its materialized files: {e}"),
+                })?;
+                table = delta::open_or_create(&url, name.as_str(), &schema).await?;
+            }
             retyped.extend(delta::type_changes(&table, &url, name.as_str(), &schema)?.into_iter().map(|c| format!("{name}.{c}")));
             let applied = delta::applied(&table, &url, APP_ID).await?.unwrap_or(0);
             tables.push(Target { name: name.to_string(), spec: spec.clone(), schema, url, delta: table, applied, last_commit_at: None });
         }
         tracing::info!(product = %self.product(), version = %version, "projecting contract version");
-        self.generation = Some(Generation { contract, version, major, tables, retyped, live });
+        self.generation = Some(Generation { contract, version, major, tables, retyped, live, lineage });
         Ok(())
     }
 
@@ -273,7 +288,7 @@ impl Projector {
     pub async fn check_quality(&self) -> Result<Vec<tessera_store::QualityResult>, Error> {
         let Some(generation) = &self.generation else { return Ok(Vec::new()) };
         let mut all = Vec::new();
-        for t in &generation.tables {
+        for t in generation.tables.iter().filter(|t| !generation.lineage.is_view(&t.name)) {
             let results = crate::quality::run(&t.name, &t.spec, &t.delta).await?;
             all.extend(results);
         }
@@ -459,6 +474,11 @@ async fn derive(generation: &mut Generation, moved: &HashSet<String>) -> Result<
         let inputs: Vec<&Target> = generation.tables.iter().filter(|t| reads.iter().any(|r| r.as_str() == t.name)).collect();
         let position = inputs.iter().map(|t| t.applied).min().unwrap_or(0);
         let target = &generation.tables[i];
+        if generation.lineage.is_view(&target.name) {
+            // Served as a view over the caller's masked tables: nothing to store.
+            generation.tables[i].applied = generation.tables[i].applied.max(position);
+            continue;
+        }
         let stale = reads.iter().any(|r| moved.contains(r.as_str())) || target.applied < position;
         if !stale {
             // Its inputs' data did not change: it is what it would be at
@@ -472,7 +492,14 @@ async fn derive(generation: &mut Generation, moved: &HashSet<String>) -> Result<
             let provider = input.delta.table_provider().await.map_err(|e| failed(e.to_string()))?;
             ctx.register_table(input.name.as_str(), provider).map_err(|e| failed(e.to_string()))?;
         }
-        let batches = ctx.sql(query).await.map_err(|e| failed(e.to_string()))?.collect().await.map_err(|e| failed(e.to_string()))?;
+        let frame = ctx.sql(query).await.map_err(|e| failed(e.to_string()))?;
+        // The last check, on the very plan that runs: nothing classified is materialized.
+        let plan = frame.clone().into_optimized_plan().map_err(|e| failed(e.to_string()))?;
+        let classified = crate::lineage::classified_reads(&generation.contract, &generation.lineage, &plan).map_err(failed)?;
+        if !classified.is_empty() {
+            return Err(failed(format!("refused to materialize it: it reads {}", classified.join(", "))));
+        }
+        let batches = frame.collect().await.map_err(|e| failed(e.to_string()))?;
         let batches = conform(&target.schema, batches).map_err(failed)?;
         let version = generation.version.clone();
         let target = &mut generation.tables[i];

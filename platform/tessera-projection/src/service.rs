@@ -3,6 +3,7 @@
 //! every process sharing the database (a lease), and what each one has
 //! done, for the API and the metrics.
 
+use futures::FutureExt as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -241,6 +242,15 @@ impl Inner {
     }
 }
 
+/// What a caught panic says.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
 /// One product's projector loop: hold the lease, run, wait for events.
 async fn follow(weak: std::sync::Weak<Inner>, domain: String, name: String) {
     let Some(inner) = weak.upgrade() else { return };
@@ -306,7 +316,13 @@ async fn follow_until_stopped(
                 continue;
             }
         }
-        match projector.run(&|_| {}).await {
+        // A panic in a run (a bug, or an input nobody foresaw) is this
+        // product's failure, reported and retried like any other: never the server's.
+        let run = std::panic::AssertUnwindSafe(projector.run(&|_| {}))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(crate::projector::Error::Panicked(panic_message(&panic))));
+        match run {
             Ok(report) => {
                 failures = 0;
                 let quality = if report.commits > 0 { projector.check_quality().await.err() } else { None };
@@ -334,7 +350,11 @@ async fn follow_until_stopped(
         if *stop.borrow() {
             return;
         }
-        match maintain(&inner, projector, domain, name, &mut last_vacuum).await {
+        let maintained = std::panic::AssertUnwindSafe(maintain(&inner, projector, domain, name, &mut last_vacuum))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(crate::projector::Error::Panicked(panic_message(&panic))));
+        match maintained {
             Ok(false) => {}
             Ok(true) => {
                 let quality = projector.check_quality().await.err();

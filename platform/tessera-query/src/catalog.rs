@@ -19,6 +19,7 @@ use tessera_contract::Contract;
 use tessera_contract::model::Column;
 use tessera_contract::policy::{Policy, Role, Strategy};
 use tessera_projection::Warehouse;
+use tessera_projection::lineage::Lineage;
 use tessera_projection::schema::table_schema;
 use tessera_store::{Principal, Store};
 use url::Url;
@@ -40,6 +41,8 @@ pub struct Generation {
     /// For a previous generation, the live generation's contract: a column
     /// that the live version masks more strictly is masked that way here too.
     pub live_contract: Option<Arc<Contract>>,
+    /// Which derived tables are views, and what each column is computed from.
+    pub lineage: Arc<Lineage>,
 }
 
 impl Generation {
@@ -100,8 +103,10 @@ pub struct Catalog {
     warehouse: Warehouse,
     key: HashKey,
     generations: Mutex<Option<(Instant, Generations)>>,
-    contracts: Mutex<HashMap<(String, String, String), Arc<Contract>>>,
+    contracts: Mutex<HashMap<(String, String, String), (Arc<Contract>, Arc<Lineage>)>>,
     tables: Mutex<HashMap<Url, DeltaTable>>,
+    /// Scalar functions that replace built-ins in every session and view.
+    functions: Vec<Arc<datafusion::logical_expr::ScalarUDF>>,
 }
 
 /// Every served generation of every product.
@@ -120,7 +125,18 @@ impl Catalog {
             generations: Mutex::new(None),
             contracts: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashMap::new()),
+            functions: Vec::new(),
         }
+    }
+
+    /// Replaces built-in scalar functions by these in every session and view.
+    pub fn with_functions(mut self, functions: Vec<Arc<datafusion::logical_expr::ScalarUDF>>) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    pub fn functions(&self) -> &[Arc<datafusion::logical_expr::ScalarUDF>] {
+        &self.functions
     }
 
     pub fn policy(&self) -> &Policy {
@@ -173,8 +189,16 @@ impl Catalog {
                 else {
                     continue;
                 };
-                let contract = self.contract(&domain, &name, &version).await?;
-                out.push(Generation { domain: domain.clone(), product: name.clone(), major, live: is_live, contract, live_contract: None });
+                let (contract, lineage) = self.contract(&domain, &name, &version).await?;
+                out.push(Generation {
+                    domain: domain.clone(),
+                    product: name.clone(),
+                    major,
+                    live: is_live,
+                    contract,
+                    live_contract: None,
+                    lineage,
+                });
             }
         }
         // Previous generations learn their live generation's contract.
@@ -190,18 +214,28 @@ impl Catalog {
         Ok(list)
     }
 
-    async fn contract(&self, domain: &str, name: &str, version: &str) -> tessera_store::Result<Arc<Contract>> {
+    /// The lineage of a published contract's derived tables (cached by version).
+    pub async fn lineage(&self, contract: &Contract) -> Arc<Lineage> {
+        match self.contract(contract.domain.as_str(), contract.name.as_str(), &contract.version.to_string()).await {
+            Ok((_, lineage)) => lineage,
+            Err(_) => Arc::new(tessera_projection::lineage::analyze(contract).await),
+        }
+    }
+
+    /// A published contract and its derived tables' lineage (both never change).
+    async fn contract(&self, domain: &str, name: &str, version: &str) -> tessera_store::Result<(Arc<Contract>, Arc<Lineage>)> {
         let key = (domain.to_owned(), name.to_owned(), version.to_owned());
         if let Ok(cache) = self.contracts.lock()
-            && let Some(c) = cache.get(&key)
+            && let Some((c, l)) = cache.get(&key)
         {
-            return Ok(Arc::clone(c));
+            return Ok((Arc::clone(c), Arc::clone(l)));
         }
         let contract = Arc::new(self.store.contract_at(domain, name, version).await?);
+        let lineage = Arc::new(tessera_projection::lineage::analyze(&contract).await);
         if let Ok(mut cache) = self.contracts.lock() {
-            cache.insert(key, Arc::clone(&contract));
+            cache.insert(key, (Arc::clone(&contract), Arc::clone(&lineage)));
         }
-        Ok(contract)
+        Ok((contract, lineage))
     }
 
     /// The newest version of the Delta table at `url`, or `None` while the
@@ -214,6 +248,11 @@ impl Catalog {
                 table
             }
             None => {
+                // A table the contract declares but the projector has not
+                // created yet (a new minor version's): no directory at all.
+                if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.join("_delta_log").exists()) {
+                    return Ok(None);
+                }
                 let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(delta_error)?;
                 if !table.verify_deltatable_existence().await.map_err(delta_error)? {
                     return Ok(None);
@@ -228,10 +267,13 @@ impl Catalog {
         Ok(Some(table))
     }
 
-    /// Table `table` of a generation as a caller with `roles` sees it, at `at`.
+    /// Table `table` of a generation as a caller with `roles` sees it, at
+    /// `at`: a Delta table masked beneath its scan, or, for a derived table
+    /// that reads classified columns, its query over the caller's masked
+    /// tables.
     pub async fn masked_table(
-        &self,
-        generation: &Generation,
+        self: &Arc<Self>,
+        generation: &Arc<Generation>,
         table: &str,
         roles: &[Role],
         at: &At,
@@ -239,6 +281,9 @@ impl Catalog {
         let Some(spec) = generation.contract.tables.iter().find(|(n, _)| n.as_str() == table).map(|(_, t)| t) else {
             return Ok(None);
         };
+        if generation.lineage.is_view(table) {
+            return crate::view::governed_view(self, generation, table, spec, roles, at).await.map(Some);
+        }
         let url = self.warehouse.table_url(&generation.domain, &generation.product, generation.major, table);
         let delta = match at {
             At::Latest => self.latest(&url).await?,
@@ -378,6 +423,10 @@ pub struct ProductSchema {
 impl ProductSchema {
     pub async fn table_at(&self, name: &str, at: &At) -> Result<Option<Arc<dyn TableProvider>>> {
         self.catalog.masked_table(&self.generation, name, &self.roles, at).await
+    }
+
+    pub fn generation(&self) -> &Arc<Generation> {
+        &self.generation
     }
 }
 

@@ -23,10 +23,11 @@ use tessera_projection::Warehouse;
 use tessera_store::{Principal, QueryRecord, Store};
 use tokio::time::Instant;
 
+use crate::admission::{Admission, Concurrency, Permit};
 use crate::audit::Auditor;
 use crate::catalog::{At, CallerCatalogs, Catalog};
 use crate::mask::HashKey;
-use crate::sandbox::{self, AS_OF, AsOf, Refusal};
+use crate::sandbox::{self, AS_OF, AsOf, Bounds, Refusal};
 use crate::table::MaskedScanExec;
 
 /// Per-query limits, from the config.
@@ -40,13 +41,39 @@ pub struct Limits {
     pub max_rows: usize,
     /// Partitions a query runs in parallel.
     pub partitions: usize,
+    /// Size and nesting of the SQL text, checked before planning.
+    pub bounds: Bounds,
+    /// Queries at once, and the memory they share.
+    pub concurrency: Concurrency,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: 512 << 20, timeout: Duration::from_secs(30), max_rows: 1_000_000, partitions: 2 }
+        Self {
+            memory_bytes: 512 << 20,
+            timeout: Duration::from_secs(30),
+            max_rows: 1_000_000,
+            partitions: 2,
+            bounds: Bounds::default(),
+            concurrency: Concurrency::default(),
+        }
     }
 }
+
+impl Limits {
+    /// The largest value a function may produce (see [`crate::guard`]):
+    /// a batch of such values fits the query's memory limit.
+    pub fn max_value_bytes(&self) -> usize {
+        (self.memory_bytes / BATCH_ROWS).max(4096)
+    }
+}
+
+/// Rows per batch, DataFusion's default.
+const BATCH_ROWS: usize = 8192;
+
+/// The stack of the thread that parses and measures SQL text: deep enough
+/// for any tree the token check lets through, reserved lazily.
+const CHECK_STACK_BYTES: usize = 64 << 20;
 
 /// Why a query did not run, or stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +96,10 @@ pub enum ErrorKind {
     Timeout,
     /// Failed while running (a cast that does not hold, a division by zero).
     Execution,
+    /// Over a bound on the query's size or nesting.
+    TooComplex,
+    /// The caller (or the server) runs as many queries as it may: retry later.
+    Busy,
     /// Ours: storage unreachable, a bug.
     Internal,
 }
@@ -83,6 +114,8 @@ impl ErrorKind {
             Self::Memory => "memory_limit",
             Self::Timeout => "query_timeout",
             Self::Execution => "query_failed",
+            Self::TooComplex => "query_too_complex",
+            Self::Busy => "too_many_queries",
             Self::Internal => "internal",
         }
     }
@@ -107,6 +140,7 @@ impl From<Refusal> for QueryError {
         match r {
             Refusal::Syntax(m) => Self::new(ErrorKind::Syntax, m),
             Refusal::NotReadOnly(m) => Self::new(ErrorKind::ReadOnly, m),
+            Refusal::TooComplex(m) => Self::new(ErrorKind::TooComplex, m),
         }
     }
 }
@@ -117,13 +151,41 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     limits: Limits,
     auditor: Auditor,
+    admission: Arc<Admission>,
 }
 
 impl Engine {
     /// `key` is the HMAC key of the `hash` masking strategy.
     pub fn new(store: Store, warehouse: Warehouse, key: &[u8], limits: Limits) -> Self {
         let auditor = Auditor::start(store.clone());
-        Self { catalog: Arc::new(Catalog::new(store, warehouse, HashKey::new(key))), limits, auditor }
+        let admission = Arc::new(Admission::new(limits.concurrency.clone()));
+        let catalog =
+            Catalog::new(store, warehouse, HashKey::new(key)).with_functions(crate::guard::guarded_functions(limits.max_value_bytes()));
+        Self { catalog: Arc::new(catalog), limits, auditor, admission }
+    }
+
+    /// Waits for a slot for one more query of `principal` (see [`Admission`]).
+    pub async fn admit(&self, principal: &Principal) -> Result<Permit, QueryError> {
+        self.admission.admit(principal).await
+    }
+
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// [`sandbox::check_bounds`] on a thread with a deep stack, for text
+    /// that another parser reads.
+    pub async fn check_bounds(&self, sql: &str) -> Result<(), QueryError> {
+        let (sql, bounds) = (sql.to_owned(), self.limits.bounds.clone());
+        on_deep_stack(move || sandbox::check_bounds(&sql, &bounds)).await?.map_err(QueryError::from)
+    }
+
+    /// Checks SQL text against the bounds and parses it, on a thread whose
+    /// stack no tree the bounds let through can exhaust (a refused tree is
+    /// dropped there too).
+    pub async fn check(&self, sql: &str) -> Result<sandbox::Checked, QueryError> {
+        let (sql, bounds) = (sql.to_owned(), self.limits.bounds.clone());
+        on_deep_stack(move || sandbox::check_bounded(&sql, &bounds)).await?.map_err(QueryError::from)
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -150,16 +212,23 @@ impl Engine {
     /// `catalog`). Every outcome is audited.
     pub async fn query(&self, principal: &Principal, via: &str, sql: &str) -> Result<Rows, QueryError> {
         let audit = Audit::start(self, principal, via, sql);
+        let permit = match self.admit(principal).await {
+            Ok(p) => p,
+            Err(e) => {
+                audit.finish(0, Vec::new(), Err(&e));
+                return Err(e);
+            }
+        };
         let deadline = audit.started + self.limits.timeout;
         let planned = tokio::time::timeout_at(deadline, async {
-            let checked = sandbox::check(sql)?;
+            let checked = self.check(sql).await?;
             let session = self.session(principal).await?;
             session.plan(checked.statement, &checked.as_of).await
         })
         .await
         .unwrap_or_else(|_| Err(timeout(&self.limits)));
         match planned {
-            Ok(plan) => self.execute(plan, deadline, audit),
+            Ok(plan) => self.execute(plan, deadline, audit).map(|rows| rows.holding(permit)),
             Err(e) => {
                 audit.finish(0, Vec::new(), Err(&e));
                 Err(e)
@@ -182,6 +251,7 @@ impl Engine {
                 tables,
                 audit: Some(audit),
                 engine: self.clone(),
+                permit: None,
             }),
             Err(e) => {
                 let e = self.error(e);
@@ -230,6 +300,19 @@ impl Engine {
     pub fn timeout_error(&self) -> QueryError {
         timeout(&self.limits)
     }
+}
+
+/// Runs `f` on a thread of its own with a deep stack, and waits for it.
+async fn on_deep_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, QueryError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tessera-sql-check".into())
+        .stack_size(CHECK_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| QueryError::new(ErrorKind::Internal, format!("cannot start the SQL checker: {e}")))?;
+    rx.await.map_err(|_| QueryError::new(ErrorKind::Internal, "the SQL checker failed on this query".to_owned()))
 }
 
 fn timeout(limits: &Limits) -> QueryError {
@@ -288,7 +371,7 @@ impl Session {
             .with_target_partitions(limits.partitions.max(1));
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(limits.memory_bytes, 1.0)
+            .with_memory_pool(self.engine.admission.pool(limits.memory_bytes))
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
             .map_err(|e| self.engine.error(e))?;
@@ -298,14 +381,17 @@ impl Session {
         }
         functions
             .insert(AS_OF.to_owned(), Arc::new(datafusion::catalog::TableFunction::new(AS_OF.to_owned(), Self::as_of_function(as_of))));
-        Ok(SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_table_factories(HashMap::new())
             .with_catalog_list(Arc::clone(&self.catalogs) as _)
-            .with_table_functions(functions)
-            .build())
+            .with_table_functions(functions);
+        // The bounded replacements of functions that could allocate without
+        // bound; registered last, so they win over the built-ins.
+        builder.scalar_functions().get_or_insert_with(Vec::new).extend(self.engine.catalog.functions().iter().cloned());
+        Ok(builder.build())
     }
 
     /// The `as_of` table function over tables [`Session::resolve_as_of`] opened.
@@ -497,6 +583,8 @@ pub struct Rows {
     tables: Vec<String>,
     audit: Option<Audit>,
     engine: Engine,
+    /// The query's admission slot, freed when the rows are dropped.
+    permit: Option<Permit>,
 }
 
 impl std::fmt::Debug for Rows {
@@ -506,6 +594,12 @@ impl std::fmt::Debug for Rows {
 }
 
 impl Rows {
+    /// Keeps `permit` (the query's slot) until the rows are dropped.
+    pub fn holding(mut self, permit: Permit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+
     pub fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }

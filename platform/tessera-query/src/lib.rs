@@ -8,13 +8,18 @@
 //! writer (`audit`). Knows nothing of HTTP or the PostgreSQL protocol: the
 //! server speaks those and calls [`Engine`].
 
+pub mod admission;
 pub mod audit;
 pub mod catalog;
 pub mod engine;
+pub mod guard;
 pub mod mask;
 pub mod sandbox;
 pub mod table;
+pub mod view;
 
+pub use admission::{Admission, Concurrency, Permit};
 pub use catalog::At;
 pub use engine::{Audit, Engine, ErrorKind, Limits, Planned, QueryError, Rows, Session, tables_in, verify_read_only};
 pub use mask::{HashKey, Mask};
+pub use sandbox::Bounds;

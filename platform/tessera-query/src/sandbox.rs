@@ -26,6 +26,190 @@ pub enum Refusal {
     Syntax(String),
     /// It is SQL, but not a read.
     NotReadOnly(String),
+    /// Over a bound on its size or nesting.
+    TooComplex(String),
+}
+
+/// How large and how deeply nested a query may be: checked before anything
+/// is planned, so that no input can exhaust a thread's stack or the
+/// server's memory while it is parsed, planned or run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounds {
+    /// The SQL text, in bytes.
+    pub max_sql_bytes: usize,
+    /// Nesting of expressions, subqueries, set operations and joins.
+    pub max_depth: usize,
+    /// One string or number literal, in bytes.
+    pub max_literal_bytes: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self { max_sql_bytes: 1 << 20, max_depth: 256, max_literal_bytes: 64 << 10 }
+    }
+}
+
+/// Checks `sql` against `bounds` without building a syntax tree: its size,
+/// then a conservative estimate of its nesting from the tokens. Any text
+/// that passes parses into a tree shallow enough to be walked, planned and
+/// dropped on an ordinary stack; [`check_depth`] then measures it exactly.
+pub fn check_text(sql: &str, bounds: &Bounds) -> Result<(), Refusal> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > bounds.max_sql_bytes {
+        return Err(Refusal::TooComplex(format!(
+            "the query is {} bytes, over the limit of {} (query_max_sql_bytes): send a shorter query",
+            sql.len(),
+            bounds.max_sql_bytes
+        )));
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().map_err(|e| Refusal::Syntax(clean(&e.to_string())))?;
+    // Each open bracket's run of tokens since its last comma: a chain of
+    // operators in one list item nests as deep as it is long; items of a
+    // list are siblings. The estimate is an upper bound of the tree's depth.
+    let ceiling = bounds.max_depth.saturating_mul(16).max(1024);
+    let mut runs: Vec<usize> = vec![0];
+    let mut depth: usize = 0;
+    for token in &tokens {
+        match token {
+            Token::Whitespace(_) => continue,
+            Token::SingleQuotedString(s)
+            | Token::DoubleQuotedString(s)
+            | Token::NationalStringLiteral(s)
+            | Token::EscapedStringLiteral(s)
+                if s.len() > bounds.max_literal_bytes =>
+            {
+                return Err(Refusal::TooComplex(format!(
+                    "a literal of {} bytes is over the limit of {} bytes per literal: pass large values through tables, not in the query text",
+                    s.len(),
+                    bounds.max_literal_bytes
+                )));
+            }
+            Token::Number(n, _) if n.len() > bounds.max_literal_bytes => {
+                return Err(Refusal::TooComplex(format!("a number literal of {} digits is too long", n.len())));
+            }
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                runs.push(0);
+                depth += 1;
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if runs.len() > 1 {
+                    let run = runs.pop().unwrap_or(0);
+                    depth = depth.saturating_sub(run + 1);
+                }
+            }
+            Token::Comma => {
+                if let Some(run) = runs.last_mut() {
+                    depth = depth.saturating_sub(*run);
+                    *run = 0;
+                }
+            }
+            _ => {
+                if let Some(run) = runs.last_mut() {
+                    *run += 1;
+                    depth += 1;
+                }
+            }
+        }
+        if depth > ceiling {
+            return Err(too_deep(bounds));
+        }
+    }
+    Ok(())
+}
+
+fn too_deep(bounds: &Bounds) -> Refusal {
+    Refusal::TooComplex(format!(
+        "the query nests deeper than the limit of {} levels (query_max_depth) of expressions, subqueries, set operations and joins: \
+         split long chains of operators (an IN list instead of many ORs), or use a CTE",
+        bounds.max_depth
+    ))
+}
+
+/// Measures the nesting of a parsed statement, stopping as soon as it is
+/// over the bound (so the walk itself stays shallow).
+pub fn check_depth(statement: &DFStatement, bounds: &Bounds) -> Result<(), Refusal> {
+    struct Depth {
+        now: usize,
+        max: usize,
+    }
+    impl Depth {
+        fn enter(&mut self, by: usize) -> ControlFlow<()> {
+            self.now += by;
+            if self.now > self.max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &ast::Expr) -> ControlFlow<()> {
+            self.enter(1)
+        }
+        fn post_visit_expr(&mut self, _: &ast::Expr) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
+            self.enter(1 + set_operations(&q.body))
+        }
+        fn post_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
+            self.now -= 1 + set_operations(&q.body);
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, _: &TableFactor) -> ControlFlow<()> {
+            self.enter(1)
+        }
+        fn post_visit_table_factor(&mut self, _: &TableFactor) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_relation(&mut self, _: &ast::ObjectName) -> ControlFlow<()> {
+            ControlFlow::Continue(())
+        }
+    }
+    /// Set operations and joins chain left-deep; count them as nesting.
+    fn set_operations(body: &ast::SetExpr) -> usize {
+        let mut n = 0;
+        let mut node = body;
+        while let ast::SetExpr::SetOperation { left, .. } = node {
+            n += 1;
+            node = left;
+        }
+        if let ast::SetExpr::Select(select) = node {
+            n += select.from.iter().map(|t| t.joins.len()).sum::<usize>() + select.from.len().saturating_sub(1);
+        }
+        n
+    }
+    let mut depth = Depth { now: 0, max: bounds.max_depth };
+    let flow = match statement {
+        DFStatement::Statement(s) => s.visit(&mut depth),
+        DFStatement::Explain(e) => return check_depth(&e.statement, bounds),
+        _ => ControlFlow::Continue(()),
+    };
+    match flow {
+        ControlFlow::Break(()) => Err(too_deep(bounds)),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// The bounds alone, for text another parser will read (the PostgreSQL
+/// protocol's, which may hold several statements): the text, then each
+/// statement's tree. Text that does not parse here is left to that parser.
+pub fn check_bounds(sql: &str, bounds: &Bounds) -> Result<(), Refusal> {
+    check_text(sql, bounds)?;
+    let dialect = PostgreSqlDialect {};
+    let Ok(statements) =
+        DFParserBuilder::new(sql).with_dialect(&dialect).with_recursion_limit(64).build().and_then(|mut p| p.parse_statements())
+    else {
+        return Ok(());
+    };
+    statements.iter().try_for_each(|s| check_depth(s, bounds))
+}
+
+/// [`check`] with the bounds: the text first, then the tree.
+pub fn check_bounded(sql: &str, bounds: &Bounds) -> Result<Checked, Refusal> {
+    check_text(sql, bounds)?;
+    let checked = check(sql)?;
+    check_depth(&checked.statement, bounds)?;
+    Ok(checked)
 }
 
 /// The name of the time-travel table function.

@@ -15,6 +15,12 @@
 //! query_memory_mb = 512        # per query
 //! query_timeout_seconds = 30   # per query, from arrival to last row
 //! query_max_rows = 1000000     # a longer result is cut here (and says so)
+//! query_max_sql_bytes = 1048576 # the SQL text of one query
+//! query_max_depth = 256        # nesting of expressions, subqueries, set operations and joins
+//! query_concurrency = 8        # queries running at once in this server
+//! query_concurrency_per_principal = 4  # ... for one signed-in principal
+//! query_concurrency_public = 2 # ... for all anonymous callers together
+//! query_memory_budget_mb = 2048 # the memory all running queries share
 //!
 //! [[principals]]
 //! name = "sales-bot"
@@ -26,7 +32,9 @@
 //! Environment: `TESSERA_LISTEN`, `TESSERA_DATA_DIR`, `TESSERA_DATABASE_URL`,
 //! `TESSERA_MAX_BODY_BYTES`, `TESSERA_WAREHOUSE`, `TESSERA_RETENTION_HOURS`,
 //! `TESSERA_COMPACT_AFTER_FILES`, `TESSERA_LEASE_SECONDS`, `TESSERA_PG_LISTEN`, `TESSERA_MASKING_KEY`,
-//! `TESSERA_QUERY_MEMORY_MB`, `TESSERA_QUERY_TIMEOUT_SECONDS`, `TESSERA_QUERY_MAX_ROWS`. S3 credentials and endpoint come
+//! `TESSERA_QUERY_MEMORY_MB`, `TESSERA_QUERY_TIMEOUT_SECONDS`, `TESSERA_QUERY_MAX_ROWS`, `TESSERA_QUERY_MAX_SQL_BYTES`,
+//! `TESSERA_QUERY_MAX_DEPTH`, `TESSERA_QUERY_CONCURRENCY`, `TESSERA_QUERY_CONCURRENCY_PER_PRINCIPAL`,
+//! `TESSERA_QUERY_CONCURRENCY_PUBLIC`, `TESSERA_QUERY_MEMORY_BUDGET_MB`. S3 credentials and endpoint come
 //! from the standard `AWS_*` environment variables.
 
 use std::net::SocketAddr;
@@ -73,6 +81,18 @@ pub struct Config {
     pub query_timeout_seconds: u64,
     /// The most rows one query returns.
     pub query_max_rows: usize,
+    /// The longest SQL text one query may have, in bytes.
+    pub query_max_sql_bytes: usize,
+    /// How deeply one query may nest.
+    pub query_max_depth: usize,
+    /// Queries running at once in this server.
+    pub query_concurrency: usize,
+    /// Queries one signed-in principal runs at once.
+    pub query_concurrency_per_principal: usize,
+    /// Queries all anonymous callers together run at once.
+    pub query_concurrency_public: usize,
+    /// Memory all running queries share, in MiB.
+    pub query_memory_budget_mb: usize,
     /// A governance policy file replacing the built-in `contracts/policies.yaml`.
     pub policy: Option<PathBuf>,
     pub principals: Vec<PrincipalConfig>,
@@ -94,6 +114,12 @@ impl Default for Config {
             query_memory_mb: 512,
             query_timeout_seconds: 30,
             query_max_rows: 1_000_000,
+            query_max_sql_bytes: 1 << 20,
+            query_max_depth: 256,
+            query_concurrency: 8,
+            query_concurrency_per_principal: 4,
+            query_concurrency_public: 2,
+            query_memory_budget_mb: 2048,
             policy: None,
             principals: Vec::new(),
         }
@@ -140,6 +166,12 @@ impl Config {
             "query_memory_mb",
             "query_timeout_seconds",
             "query_max_rows",
+            "query_max_sql_bytes",
+            "query_max_depth",
+            "query_concurrency",
+            "query_concurrency_per_principal",
+            "query_concurrency_public",
+            "query_memory_budget_mb",
         ]));
         figment.extract().map_err(|e| format!("invalid configuration: {e}"))
     }
@@ -173,6 +205,18 @@ impl Config {
             memory_bytes: self.query_memory_mb.max(16).saturating_mul(1 << 20),
             timeout: std::time::Duration::from_secs(self.query_timeout_seconds.max(1)),
             max_rows: self.query_max_rows.max(1),
+            bounds: tessera_query::Bounds {
+                max_sql_bytes: self.query_max_sql_bytes.max(1024),
+                max_depth: self.query_max_depth.max(8),
+                ..tessera_query::Bounds::default()
+            },
+            concurrency: tessera_query::Concurrency {
+                total: self.query_concurrency.max(1),
+                per_principal: self.query_concurrency_per_principal.max(1),
+                public: self.query_concurrency_public.max(1),
+                memory_budget_bytes: self.query_memory_budget_mb.max(64).saturating_mul(1 << 20),
+                ..tessera_query::Concurrency::default()
+            },
             ..tessera_query::Limits::default()
         }
     }

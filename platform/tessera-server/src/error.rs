@@ -14,11 +14,19 @@ pub struct ApiError {
     pub message: String,
     /// Extra fields merged into the body: `index`, `pointer`, `line`, `errors`, ...
     pub details: serde_json::Map<String, Value>,
+    /// Seconds after which the client may retry (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: serde_json::Map::new() }
+        Self { status, code, message: message.into(), details: serde_json::Map::new(), retry_after: None }
+    }
+
+    /// Says when to retry: the `Retry-After` header, and `retry_after_seconds` in the body.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self.with("retry_after_seconds", seconds)
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -33,7 +41,11 @@ impl IntoResponse for ApiError {
         if let Value::Object(map) = &mut body {
             map.extend(self.details);
         }
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -273,7 +273,8 @@ async fn product(
     let versions = state.store.versions(&domain, &name).await?;
     let head = state.store.head(&domain, &name).await?;
     let contract = state.store.current_contract(&domain, &name).await?;
-    let contract = discovery::contract_view(&contract, state.store.policy(), &caller);
+    let lineage = discovery::lineage_for(&state, &contract).await;
+    let contract = discovery::contract_view(&contract, &lineage, state.store.policy(), &caller);
     let projection = match &state.projections {
         Some(p) => projection::view(&state.store, p, &domain, &name, caller.is_member_of(&domain)).await?,
         None => None,

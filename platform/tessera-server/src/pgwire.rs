@@ -129,6 +129,8 @@ fn sqlstate(e: &QueryError) -> &'static str {
         ErrorKind::Memory => "53200",
         ErrorKind::Timeout => "57014",
         ErrorKind::Execution => "22000",
+        ErrorKind::TooComplex => "54001",
+        ErrorKind::Busy => "53300",
         ErrorKind::Internal => "XX000",
     }
 }
@@ -253,7 +255,7 @@ fn kind(statement: &Statement) -> Kind {
         )),
         other => match sandbox::check_statement(&mut DFStatement::Statement(Box::new(other.clone()))) {
             Ok(_) => Kind::Read,
-            Err(Refusal::NotReadOnly(m) | Refusal::Syntax(m)) => Kind::Refused(m),
+            Err(Refusal::NotReadOnly(m) | Refusal::Syntax(m) | Refusal::TooComplex(m)) => Kind::Refused(m),
         },
     }
 }
@@ -366,8 +368,30 @@ impl Queries {
         Ok(Audit::start(connected.session.engine(), connected.session.principal(), "pgwire", sql))
     }
 
+    /// The bounds on the text, then a slot for one more query of the
+    /// principal (refusals are audited).
+    async fn admit(&self, sql: &str) -> PgWireResult<tessera_query::Permit> {
+        let connected = self.conn.connected()?;
+        let engine = connected.session.engine().clone();
+        let principal = connected.session.principal().clone();
+        let outcome = match engine.check_bounds(sql).await {
+            Ok(()) => engine.admit(&principal).await,
+            Err(e) => Err(e),
+        };
+        outcome.map_err(|e| {
+            Audit::start(&engine, &principal, "pgwire", sql).finish(0, Vec::new(), Err(&e));
+            query_error(&e)
+        })
+    }
+
     /// Wraps a response's rows in the limits and the audit; audits anything else at once.
-    fn govern(&self, sql: &str, tables: Vec<String>, result: PgWireResult<Response>) -> PgWireResult<Response> {
+    fn govern(
+        &self,
+        sql: &str,
+        tables: Vec<String>,
+        result: PgWireResult<Response>,
+        permit: Option<Arc<tessera_query::Permit>>,
+    ) -> PgWireResult<Response> {
         let audit = self.audit(sql)?;
         let engine = self.conn.connected()?.session.engine().clone();
         let result = result.map_err(|e| scrubbed(&engine, e));
@@ -384,6 +408,7 @@ impl Queries {
                     tables,
                     audit: Some(audit),
                     engine,
+                    _permit: permit,
                 });
                 Ok(Response::Query(query))
             }
@@ -412,12 +437,17 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let permit = match self.admit(sql).await {
+            Ok(p) => p,
+            Err(e) => return Err(e),
+        };
         let service = Arc::clone(&self.conn.connected()?.service);
         let result = SimpleQueryHandler::do_query(service.as_ref(), client, sql).await;
         let tables = self.conn.last_tables.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        let permit = Arc::new(permit);
         match result {
-            Ok(responses) => responses.into_iter().map(|r| self.govern(sql, tables.clone(), Ok(r))).collect(),
-            Err(e) => Err(self.govern(sql, tables, Err(e)).err().unwrap_or(PgWireError::NotReadyForQuery)),
+            Ok(responses) => responses.into_iter().map(|r| self.govern(sql, tables.clone(), Ok(r), Some(Arc::clone(&permit)))).collect(),
+            Err(e) => Err(self.govern(sql, tables, Err(e), None).err().unwrap_or(PgWireError::NotReadyForQuery)),
         }
     }
 }
@@ -440,9 +470,10 @@ impl ExtendedQueryHandler for Queries {
     {
         let (sql, parsed) = &portal.statement.statement;
         let tables = parsed.as_ref().map(|(_, plan)| tessera_query::tables_in(plan)).unwrap_or_default();
+        let permit = self.admit(sql).await?;
         let service = Arc::clone(&self.conn.connected()?.service);
         let result = ExtendedQueryHandler::do_query(service.as_ref(), client, portal, max_rows).await;
-        self.govern(sql, tables, result)
+        self.govern(sql, tables, result, Some(Arc::new(permit)))
     }
 }
 
@@ -489,6 +520,8 @@ struct Governed {
     tables: Vec<String>,
     audit: Option<Audit>,
     engine: tessera_query::Engine,
+    /// The query's admission slot, held until its rows end.
+    _permit: Option<Arc<tessera_query::Permit>>,
 }
 
 impl Governed {

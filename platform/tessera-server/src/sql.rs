@@ -82,12 +82,14 @@ impl Format {
 /// A query error as an HTTP error.
 pub fn query_error(e: &QueryError) -> ApiError {
     let status = match e.kind {
-        ErrorKind::Syntax | ErrorKind::Invalid | ErrorKind::Execution => StatusCode::BAD_REQUEST,
+        ErrorKind::Syntax | ErrorKind::Invalid | ErrorKind::Execution | ErrorKind::TooComplex => StatusCode::BAD_REQUEST,
         ErrorKind::ReadOnly => StatusCode::FORBIDDEN,
         ErrorKind::Memory | ErrorKind::Timeout => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    ApiError::new(status, e.kind.code(), e.message.clone())
+    let error = ApiError::new(status, e.kind.code(), e.message.clone());
+    if e.kind == ErrorKind::Busy { error.retry_after(1) } else { error }
 }
 
 pub(crate) async fn post_sql(

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tessera_contract::Contract;
 use tessera_contract::model::{Check, Column, DataType, Projection, Rule};
+use tessera_projection::lineage::{Derived, Lineage};
 use tessera_store::{Principal, Store};
 
 use crate::error::ApiError;
@@ -161,7 +162,7 @@ pub(crate) async fn search(State(state): State<AppState>, query: QueryResult<Sea
 
 /// A product's contract as `viewer` sees it: every column with the masking
 /// the viewer gets (`null`: not served to them at all).
-pub fn contract_view(contract: &Contract, policy: &tessera_contract::Policy, viewer: &Principal) -> Value {
+pub fn contract_view(contract: &Contract, lineage: &Lineage, policy: &tessera_contract::Policy, viewer: &Principal) -> Value {
     let roles = tessera_query::catalog::roles_for(viewer, contract.domain.as_str());
     let tables: Vec<Value> = contract
         .tables
@@ -172,13 +173,27 @@ pub fn contract_view(contract: &Contract, policy: &tessera_contract::Policy, vie
                 _ => Vec::new(),
             };
             let checks: Vec<Value> = table.checks.iter().map(|c| json!({"kind": c.kind(), "check": check_text(c)})).collect();
+            let derived = lineage.get(name.as_str());
+            let columns: Vec<Value> = table
+                .columns
+                .iter()
+                .map(|(c, spec)| {
+                    let mut v = column_view(c.as_str(), spec, policy, &roles);
+                    if let Some(d) = derived {
+                        v["computed_from"] = computed_from(contract, d, c.as_str(), policy, &roles);
+                    }
+                    v
+                })
+                .collect();
             json!({
                 "name": name.as_str(),
                 "description": table.description,
                 "kind": table.projection.kind(),
                 "key": key,
                 "sql": match &table.projection { Projection::Sql { query, .. } => Some(query.clone()), _ => None },
-                "columns": table.columns.iter().map(|(c, spec)| column_view(c.as_str(), spec, policy, &roles)).collect::<Vec<_>>(),
+                "served_as": derived.map(|d| d.served),
+                "served_reason": derived.map(|d| d.reason()),
+                "columns": columns,
                 "checks": checks,
             })
         })
@@ -209,6 +224,32 @@ pub fn contract_view(contract: &Contract, policy: &tessera_contract::Policy, vie
         "events": events,
         "tables": tables,
     })
+}
+
+/// The columns a derived column is computed from, each with its
+/// classification and the masking this viewer gets for it.
+fn computed_from(
+    contract: &Contract,
+    derived: &Derived,
+    column: &str,
+    policy: &tessera_contract::Policy,
+    roles: &[tessera_contract::Role],
+) -> Value {
+    let sources = derived.columns.get(&column.to_lowercase()).cloned().unwrap_or_default();
+    Value::Array(
+        sources
+            .iter()
+            .map(|source| {
+                let spec = contract.tables.get(source.table.as_str()).and_then(|t| t.columns.get(source.column.as_str()));
+                json!({
+                    "table": source.table,
+                    "column": source.column,
+                    "classification": spec.and_then(tessera_projection::lineage::classification_of),
+                    "masking": spec.and_then(|s| tessera_query::catalog::strategy_for(policy, s, roles)).map(|s| s.as_str()),
+                })
+            })
+            .collect(),
+    )
 }
 
 fn column_view(name: &str, spec: &Column, policy: &tessera_contract::Policy, roles: &[tessera_contract::Role]) -> Value {
@@ -306,14 +347,24 @@ pub(crate) async fn lineage(
     ApiPath((domain, name)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let contract = state.store.current_contract(&domain, &name).await?;
-    Ok(Json(lineage_of(&contract)))
+    let lineage = lineage_for(&state, &contract).await;
+    Ok(Json(lineage_of(&contract, &lineage)))
+}
+
+/// The lineage of a published contract (cached by the query engine when there is one).
+pub async fn lineage_for(state: &AppState, contract: &Contract) -> Arc<Lineage> {
+    match &state.engine {
+        Some(engine) => engine.catalog().lineage(contract).await,
+        None => Arc::new(tessera_projection::lineage::analyze(contract).await),
+    }
 }
 
 /// The lineage graph of a contract: nodes in layers (events 0, tables fed
 /// by events 1, derived tables one more than their deepest input).
-pub fn lineage_of(contract: &Contract) -> Value {
+pub fn lineage_of(contract: &Contract, lineage: &Lineage) -> Value {
     let mut nodes = Vec::new();
     let mut edges = Vec::new();
+    let mut column_edges = Vec::new();
     for (name, e) in &contract.events {
         nodes.push(
             json!({"id": format!("event:{name}"), "kind": "event", "label": name.as_str(), "layer": 0, "description": e.description}),
@@ -332,6 +383,7 @@ pub fn lineage_of(contract: &Contract) -> Value {
         }
     }
     for (name, table) in &contract.tables {
+        let derived = lineage.get(name.as_str());
         nodes.push(json!({
             "id": format!("table:{name}"),
             "kind": if matches!(table.projection, Projection::Sql { .. }) { "derived" } else { "table" },
@@ -339,7 +391,24 @@ pub fn lineage_of(contract: &Contract) -> Value {
             "label": name.as_str(),
             "layer": layer.get(name.as_str()).copied().unwrap_or(1),
             "description": table.description,
+            "served_as": derived.map(|d| d.served),
+            "served_reason": derived.map(|d| d.reason()),
         }));
+        if let Some(d) = derived {
+            for (column, sources) in &d.columns {
+                for source in sources {
+                    let classification = contract
+                        .tables
+                        .get(source.table.as_str())
+                        .and_then(|t| t.columns.get(source.column.as_str()))
+                        .and_then(tessera_projection::lineage::classification_of);
+                    column_edges.push(json!({
+                        "from": {"table": source.table, "column": source.column, "classification": classification},
+                        "to": {"table": name.as_str(), "column": column},
+                    }));
+                }
+            }
+        }
         match &table.projection {
             Projection::Upsert { rules, .. } => {
                 for (event, rule) in rules {
@@ -362,7 +431,7 @@ pub fn lineage_of(contract: &Contract) -> Value {
             }
         }
     }
-    json!({ "product": contract.product().to_string(), "nodes": nodes, "edges": edges })
+    json!({ "product": contract.product().to_string(), "nodes": nodes, "edges": edges, "column_edges": column_edges })
 }
 
 /// `GET …/freshness`: how far the tables lag behind the log, against the

@@ -4,6 +4,7 @@
 
 mod api;
 mod catalog;
+mod hostile;
 mod projection;
 mod sql;
 mod support;

@@ -38,6 +38,7 @@ pub const PAYMENTS: &str = "tsr_payments_owner_token";
 pub const ANALYST: &str = "tsr_analyst_token";
 pub const STEWARD: &str = "tsr_steward_token";
 pub const CUSTOMERS: &str = "tsr_customers_owner_token";
+pub const CLINIC: &str = "tsr_clinic_owner_token";
 
 /// The HMAC key of the test servers' `hash` masking.
 pub const MASKING_KEY: &[u8] = b"test-masking-key-0123456789";
@@ -79,6 +80,7 @@ impl TestServer {
                     principal("analyst", ANALYST, Role::Analyst, &[]),
                     principal("steward", STEWARD, Role::Steward, &[]),
                     principal("customers-owner", CUSTOMERS, Role::Owner, &["customers"]),
+                    principal("clinic-owner", CLINIC, Role::Owner, &["clinic"]),
                 ],
             )
             .await
