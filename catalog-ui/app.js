@@ -6,7 +6,7 @@
 
 const TOKEN_KEY = 'tessera.token';
 const main = () => document.getElementById('main');
-const state = { me: null, route: null, product: null, searchTimer: null, searchSeq: 0 };
+const state = { me: null, route: null, product: null, searchTimer: null, searchSeq: 0, columnLineage: false };
 
 // ---- DOM helpers -----------------------------------------------------------
 
@@ -311,7 +311,7 @@ async function renderProduct(domain, name, params) {
   await Promise.all([
     load(sections.freshness, async (s) => renderFreshness(s, await api(base + '/freshness'), await api(base + '/quality'))),
     load(sections.sample, async (s) => renderSample(s, base, c)),
-    load(sections.lineage, async (s) => renderLineage(s, await api(base + '/lineage'), domain, name)),
+    load(sections.lineage, async (s) => renderLineage(s, await api(base + '/lineage'), domain, name, c)),
     load(sections.volume, async (s) => renderVolume(s, await api(base + '/volume?days=30'))),
     load(sections.versions, async (s) => renderVersions(s, base, page.versions)),
     load(sections.contract, async (s) => {
@@ -329,21 +329,44 @@ function tableCard(c, t) {
     rows.push(h('tr', { 'data-column': prefix + col.name },
       h('th', { scope: 'row', class: 'mono' }, prefix + col.name, col.required ? h('span', { class: 'muted', title: 'required' }, ' *') : null),
       h('td', { class: 'mono' }, col.type),
-      h('td', {}, col.description || ''),
+      h('td', {}, col.description || '', col.computed_from ? computedFrom(t, col.computed_from) : null),
       h('td', {}, col.classification && col.classification !== 'none' ? badge(col.classification, 'pii') : h('span', { class: 'muted' }, 'none')),
       h('td', { 'data-testid': 'masking' }, masking ? badge(masking, masking) : badge('hidden', 'hidden'))));
     for (const f of col.fields || []) addColumn(f, prefix + col.name + '.');
   };
   for (const col of t.columns) addColumn(col, '');
   return h('article', { class: 'card tablecard', id: `table-${t.name}`, tabindex: '-1', 'aria-labelledby': `h-table-${t.name}` },
-    h('h3', { id: `h-table-${t.name}` }, h('span', { class: 'mono' }, `${c.domain}.${c.name}.${t.name}`), ' ', badge(t.kind)),
+    h('h3', { id: `h-table-${t.name}` }, h('span', { class: 'mono' }, `${c.domain}.${c.name}.${t.name}`), ' ', badge(t.kind),
+      t.served_as ? [' ', h('span', {
+        class: `badge ${servedLabel(t.served_as)}`, 'data-testid': 'served-as', title: t.served_reason, 'aria-describedby': `served-${t.name}`,
+      }, servedLabel(t.served_as))] : null),
     h('p', {}, t.description || '', t.key.length ? h('span', { class: 'muted' }, ` Key: ${t.key.join(', ')}.`) : null),
+    t.served_as ? h('p', { class: 'small muted', id: `served-${t.name}` },
+      t.served_as === 'view' ? 'Served as a view: ' : 'Materialized: ', t.served_reason, '.') : null,
     t.sql ? h('details', {}, h('summary', {}, 'Derived by SQL'), h('pre', { class: 'mono' }, t.sql)) : null,
     h('div', { class: 'scroll' }, h('table', { class: 'data' },
       h('caption', { class: 'visually-hidden' }, `Columns of ${t.name}`),
       h('thead', {}, h('tr', {}, ['Column', 'Type', 'Description', 'Classification', 'What you get'].map((x) => h('th', { scope: 'col' }, x)))),
       h('tbody', {}, rows))),
     t.checks.length ? h('p', { class: 'small muted' }, 'Checks: ', t.checks.map((k) => k.check).join(' · ')) : null);
+}
+
+// How a derived table is served: a governed view (computed at query time
+// over the reader's masked tables, never stored) or a materialized table.
+const servedLabel = (servedAs) => (servedAs === 'view' ? 'view' : 'materialized');
+
+// Where a derived column's values come from: one line per source column,
+// with its classification and what this viewer gets for it.
+function computedFrom(t, sources) {
+  const served = t.served_as === 'view' ? 'served as a view' : 'materialized';
+  const clause = (s) => {
+    const name = h('code', {}, `${s.table}.${s.column}`);
+    if (!s.classification) return ['computed from ', name];
+    const get = !s.masking ? 'not served to you' : s.masking === 'clear' ? 'clear for you' : `masked for you as ${s.masking}`;
+    return ['computed from ', name, ` (${s.classification}): ${served}, ${get}`];
+  };
+  return h('ul', { class: 'computed small', 'data-testid': 'computed-from' },
+    sources.length ? sources.map((s) => h('li', {}, clause(s))) : h('li', { class: 'muted' }, 'no source column recorded'));
 }
 
 function focusTable(name) {
@@ -402,42 +425,132 @@ function resultGrid(columns, rows, caption) {
     h('tbody', {}, rows.map((r) => h('tr', {}, r.map((v) => h('td', {}, cell(v))))))));
 }
 
-// Lineage: a layered drawing, events on the left, derived tables on the right.
-function renderLineage(section, graph, domain, name) {
-  const colW = 230, nodeW = 180, nodeH = 36, rowH = 52, pad = 16;
+// Lineage: a layered drawing, events on the left, derived tables on the
+// right; derived tables served as views have a dashed border and say
+// "view". With column lineage on, each table lists the columns that feed a
+// derived column or are derived, thin edges join them, and a table under
+// the drawing says the same in words.
+function renderLineage(section, graph, domain, name, contract) {
+  const columnEdges = graph.column_edges || [];
+  const caption = h('p', { class: 'small muted', 'aria-live': 'polite' }, 'Events feed tables; derived tables read tables. Choose a table to see its columns.');
+  const drawing = h('div', { class: 'lineage' });
+  const draw = () => drawing.replaceChildren(lineageSvg(graph, domain, name, contract, caption, state.columnLineage && columnEdges.length > 0));
+  const derived = graph.nodes.filter((n) => n.kind === 'derived' && n.served_as);
+  const views = derived.filter((n) => n.served_as === 'view').length;
+  const legend = derived.length ? h('p', { class: 'small muted' },
+    views ? 'Dashed boxes marked "view" are derived tables served as views: computed when queried, over the reader\'s masked tables, never stored.' : null,
+    views && views < derived.length ? ' The other derived tables are materialized (stored like any table).' : null,
+    views ? null : 'Derived tables here are materialized (stored like any table): none reads a classified column.') : null;
+  const list = h('div', { id: 'column-lineage', hidden: !state.columnLineage }, columnEdges.length ? columnLineageTable(graph, contract) : null);
+  const toggle = columnEdges.length ? h('button', {
+    type: 'button', class: 'secondary', 'aria-pressed': state.columnLineage ? 'true' : 'false', 'aria-controls': 'column-lineage',
+    onclick: () => {
+      state.columnLineage = !state.columnLineage;
+      toggle.setAttribute('aria-pressed', state.columnLineage ? 'true' : 'false');
+      list.hidden = !state.columnLineage;
+      draw();
+    },
+  }, 'Show column lineage') : null;
+  draw();
+  section.append(drawing, caption, legend, toggle ? h('p', { class: 'bar' }, toggle) : null, list);
+}
+
+// Where a table's column stands in its contract (for a stable order).
+function columnIndex(contract, table, column) {
+  const spec = contract?.tables.find((t) => t.name === table);
+  const i = spec ? spec.columns.findIndex((c) => c.name === column) : -1;
+  return i < 0 ? Number.MAX_SAFE_INTEGER : i;
+}
+
+function lineageSvg(graph, domain, name, contract, caption, withColumns) {
+  const colW = 230, nodeW = 180, nodeH = 36, gap = 16, lineH = 16, pad = 16;
+  // With column lineage: per table, the columns to list (name → classification).
+  const listed = new Map();
+  const list = (table, column, classification) => {
+    if (!listed.has(table)) listed.set(table, new Map());
+    const m = listed.get(table);
+    if (!m.has(column) || classification) m.set(column, classification || null);
+  };
+  if (withColumns) {
+    for (const n of graph.nodes.filter((x) => x.kind === 'derived')) {
+      for (const col of contract?.tables.find((t) => t.name === n.label)?.columns || []) list(n.label, col.name, null);
+    }
+    for (const e of graph.column_edges) {
+      list(e.from.table, e.from.column, e.from.classification);
+      list(e.to.table, e.to.column, null);
+    }
+  }
+  const columnsOf = (n) => (n.kind === 'event' ? [] : [...(listed.get(n.label) || new Map())]
+    .sort(([a], [b]) => columnIndex(contract, n.label, a) - columnIndex(contract, n.label, b) || a.localeCompare(b)));
+
   const layers = new Map();
   for (const n of graph.nodes) {
     if (!layers.has(n.layer)) layers.set(n.layer, []);
     layers.get(n.layer).push(n);
   }
   const pos = new Map();
-  let maxRows = 0;
+  let bottom = pad + nodeH;
   for (const [layer, nodes] of layers) {
-    maxRows = Math.max(maxRows, nodes.length);
-    nodes.forEach((n, i) => pos.set(n.id, { x: pad + layer * colW, y: pad + i * rowH }));
+    let y = pad;
+    for (const n of nodes) {
+      const columns = columnsOf(n);
+      const height = columns.length ? nodeH + columns.length * lineH + 4 : nodeH;
+      pos.set(n.id, { x: pad + layer * colW, y, height, columns });
+      y += height + gap;
+    }
+    bottom = Math.max(bottom, y - gap);
   }
   const width = pad * 2 + Math.max(...layers.keys(), 0) * colW + nodeW;
-  const height = pad * 2 + Math.max(maxRows - 1, 0) * rowH + nodeH;
+  const height = bottom + pad;
+  const curve = (x1, y1, x2, y2) => {
+    const mx = (x1 + x2) / 2;
+    return `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`;
+  };
   const edges = graph.edges.map((e) => {
     const a = pos.get(e.from), b = pos.get(e.to);
     if (!a || !b) return null;
-    const x1 = a.x + nodeW, y1 = a.y + nodeH / 2, x2 = b.x, y2 = b.y + nodeH / 2, mx = (x1 + x2) / 2;
-    return svg('path', { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2 - 6},${y2}`, fill: 'none', stroke: e.label === 'delete' ? '#b3261e' : '#8796a8', 'stroke-width': '1.5', 'marker-end': 'url(#arrow)', 'data-edge': `${e.from}->${e.to}` },
+    return svg('path', { d: curve(a.x + nodeW, a.y + nodeH / 2, b.x - 6, b.y + nodeH / 2), fill: 'none', stroke: e.label === 'delete' ? '#b3261e' : '#8796a8', 'stroke-width': '1.5', 'marker-end': 'url(#arrow)', 'data-edge': `${e.from}->${e.to}` },
       svg('title', {}, `${e.from.split(':')[1]} → ${e.to.split(':')[1]} (${e.label})`));
   });
-  const caption = h('p', { class: 'small muted', 'aria-live': 'polite' }, 'Events feed tables; derived tables read tables. Choose a table to see its columns.');
+  // The y of a listed column's line in its table's box.
+  const columnY = (table, column) => {
+    const p = pos.get('table:' + table);
+    const i = p ? p.columns.findIndex(([c]) => c === column) : -1;
+    return i < 0 ? null : { x: p.x, y: p.y + nodeH + i * lineH + lineH / 2 };
+  };
+  const columnEdges = withColumns ? graph.column_edges.map((e) => {
+    const a = columnY(e.from.table, e.from.column), b = columnY(e.to.table, e.to.column);
+    if (!a || !b) return null;
+    const from = `${e.from.table}.${e.from.column}`, to = `${e.to.table}.${e.to.column}`;
+    return svg('path', {
+      d: curve(a.x + nodeW, a.y, b.x, b.y), fill: 'none', stroke: e.from.classification ? '#5b2a86' : '#4f8fbf', 'stroke-width': '1',
+      'stroke-dasharray': e.from.classification ? '3 2' : null, 'data-column-edge': `${from}->${to}`,
+    }, svg('title', {}, `${to} ← ${from}${e.from.classification ? ` (${e.from.classification})` : ''}`));
+  }) : [];
   const nodes = graph.nodes.map((n) => {
     const p = pos.get(n.id);
-    const fill = n.kind === 'event' ? '#fff6e0' : n.kind === 'derived' ? '#e6f0fa' : '#dff3e6';
+    const view = n.served_as === 'view';
+    const fill = n.kind === 'event' ? '#fff6e0' : view ? '#f3ecfb' : n.kind === 'derived' ? '#e6f0fa' : '#dff3e6';
     const inputs = graph.edges.filter((e) => e.to === n.id).map((e) => e.from.split(':')[1]);
+    const served = n.served_as ? (view ? ', served as a view' : ', materialized') : '';
     const label = n.kind === 'event'
       ? `Event ${n.label}`
-      : `${n.kind === 'derived' ? 'Derived table' : 'Table'} ${n.label} (${n.projection}), from ${inputs.join(', ') || 'nothing'}`;
+      : `${n.kind === 'derived' ? 'Derived table' : 'Table'} ${n.label} (${n.projection}), from ${inputs.join(', ') || 'nothing'}${served}`;
     const box = [
-      svg('rect', { x: p.x, y: p.y, width: nodeW, height: nodeH, rx: 8, fill, stroke: '#5a6678' }),
-      svg('text', { x: p.x + 10, y: p.y + 23, 'font-size': 13, fill: '#1b2330' }, (n.kind === 'event' ? '⚡ ' : '▦ ') + n.label),
-      svg('title', {}, n.description || label),
+      svg('rect', { x: p.x, y: p.y, width: nodeW, height: p.height, rx: 8, fill, stroke: view ? '#5b2a86' : '#5a6678', 'stroke-dasharray': view ? '6 4' : null }),
+      svg('text', { x: p.x + 10, y: p.y + 24, 'font-size': 13, fill: '#1b2330' }, (n.kind === 'event' ? '⚡ ' : '▦ ') + n.label),
+      view ? svg('text', { x: p.x + nodeW - 8, y: p.y + 11, 'font-size': 10, 'text-anchor': 'end', fill: '#5b2a86' }, 'view') : null,
+      svg('title', {}, [n.description || label, n.served_reason ? `${view ? 'View' : 'Materialized'}: ${n.served_reason}.` : null].filter(Boolean).join('\n')),
     ];
+    if (p.columns.length) {
+      box.push(svg('line', { x1: p.x, y1: p.y + nodeH - 2, x2: p.x + nodeW, y2: p.y + nodeH - 2, stroke: '#c3ccd8' }));
+      p.columns.forEach(([column, classification], i) => {
+        const y = p.y + nodeH + i * lineH + lineH / 2;
+        const full = classification ? `${column} (${classification})` : column;
+        box.push(svg('text', { x: p.x + 12, y: y + 4, 'font-size': 11, fill: classification ? '#5b2a86' : '#3a4656', 'data-column': `${n.label}.${column}` },
+          full.length > 27 ? full.slice(0, 26) + '…' : full, svg('title', {}, full)));
+      });
+    }
     if (n.kind === 'event') {
       return svg('a', { href: '#', 'data-node': n.id, 'aria-label': label, onclick: (ev) => {
         ev.preventDefault();
@@ -446,13 +559,29 @@ function renderLineage(section, graph, domain, name) {
       } }, box);
     }
     const href = `#/p/${encodeURIComponent(domain)}/${encodeURIComponent(name)}?table=${encodeURIComponent(n.label)}`;
-    return svg('a', { href, 'data-node': n.id, 'aria-label': label }, box);
+    return svg('a', { href, 'data-node': n.id, 'data-served': n.served_as, 'aria-label': label }, box);
   });
-  section.append(h('div', { class: 'lineage' },
-    svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'group', 'aria-label': `Lineage of ${graph.product}` },
-      svg('defs', {}, svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: '5', refY: '5', markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse' },
-        svg('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#8796a8' }))),
-      edges, nodes)), caption);
+  return svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'group', 'aria-label': `Lineage of ${graph.product}` },
+    svg('defs', {}, svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: '5', refY: '5', markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse' },
+      svg('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#8796a8' }))),
+    edges, svg('g', { 'aria-hidden': 'true' }, columnEdges), nodes);
+}
+
+// Column lineage in words: each derived column and a column it is computed from.
+function columnLineageTable(graph, contract) {
+  const views = new Set(graph.nodes.filter((n) => n.served_as === 'view').map((n) => n.label));
+  const tables = graph.nodes.map((n) => n.label);
+  const edges = [...graph.column_edges].sort((a, b) =>
+    tables.indexOf(a.to.table) - tables.indexOf(b.to.table)
+    || columnIndex(contract, a.to.table, a.to.column) - columnIndex(contract, b.to.table, b.to.column)
+    || a.to.column.localeCompare(b.to.column));
+  return h('div', { class: 'scroll' }, h('table', { class: 'data', 'data-testid': 'column-lineage' },
+    h('caption', { class: 'visually-hidden' }, 'Column lineage: each derived column and a column its values are computed from'),
+    h('thead', {}, h('tr', {}, ['Derived column', 'Computed from', 'Classification of the source'].map((x) => h('th', { scope: 'col' }, x)))),
+    h('tbody', {}, edges.map((e) => h('tr', { 'data-column-edge': `${e.from.table}.${e.from.column}->${e.to.table}.${e.to.column}` },
+      h('td', {}, h('span', { class: 'mono' }, `${e.to.table}.${e.to.column}`), views.has(e.to.table) ? [' ', badge('view')] : null),
+      h('td', {}, h('span', { 'aria-hidden': 'true' }, '← '), h('span', { class: 'mono' }, `${e.from.table}.${e.from.column}`)),
+      h('td', {}, e.from.classification ? badge(e.from.classification, 'pii') : h('span', { class: 'muted' }, 'none')))))));
 }
 
 function renderVolume(section, v) {

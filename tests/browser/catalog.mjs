@@ -175,6 +175,56 @@ await scenario('follow-the-lineage-graph', async (page) => {
   await shot(page, 'lineage-followed.png');
 });
 
+await scenario('derived-tables-and-column-lineage', async (page) => {
+  // No demo derived table reads a classified column, so each is materialized.
+  await openProduct(page, 'sales/orders');
+  const served = page.locator('#table-daily_revenue [data-testid=served-as]');
+  check((await served.textContent()).trim() === 'materialized', 'daily_revenue is marked materialized');
+  const why = await served.getAttribute('title');
+  check(why && why.includes('no classified column'), `the badge says why: ${why}`);
+  check((await page.textContent('#served-daily_revenue')).startsWith('Materialized: '), 'the reason is written out too');
+  check(await page.$('#table-orders [data-testid=served-as]') === null, 'a table fed by events has no served badge');
+  check(await page.$('#table-orders [data-testid=computed-from]') === null, 'nor computed-from lines');
+  const from = async (column) => (await page.textContent(`#table-daily_revenue tr[data-column="${column}"] [data-testid=computed-from]`)).trim();
+  check(await from('revenue') === 'computed from orders.total', `revenue's source: ${await from('revenue')}`);
+  check(await from('day') === 'computed from orders.placed_at', `day's source: ${await from('day')}`);
+  await page.locator('#table-daily_revenue').scrollIntoViewIfNeeded();
+  await shot(page, 'derived-table.png');
+
+  // Column lineage: off at first, then drawn and listed.
+  const toggle = page.locator('#h-lineage ~ p button:has-text("Show column lineage")');
+  check(await toggle.getAttribute('aria-pressed') === 'false', 'column lineage starts off');
+  check(await page.isHidden('#column-lineage'), 'the column list starts hidden');
+  check(await page.$('#h-lineage ~ .lineage path[data-column-edge]') === null, 'no column edge is drawn before the toggle');
+  check(await page.$('#h-lineage ~ .lineage a[data-served="view"]') === null, 'no demo derived table is a view');
+  check(await page.getAttribute('a[data-node="table:daily_revenue"]', 'data-served') === 'table', 'the derived node says it is materialized');
+  await toggle.click();
+  check(await toggle.getAttribute('aria-pressed') === 'true', 'the toggle is on');
+  const edge = 'orders.total->daily_revenue.revenue';
+  await page.waitForSelector(`#h-lineage ~ .lineage path[data-column-edge="${edge}"]`, { state: 'attached' });
+  await page.waitForSelector(`#column-lineage tr[data-column-edge="${edge}"]`);
+  const row = await page.$$eval(`#column-lineage tr[data-column-edge="${edge}"] td`, (tds) => tds.map((td) => td.textContent.trim()));
+  check(row.join(' | ') === 'daily_revenue.revenue | ← orders.total | none', `the list says where revenue comes from: ${row}`);
+  const listed = await page.$$eval('#column-lineage tr[data-column-edge]', (trs) => trs.map((tr) => tr.dataset.columnEdge));
+  for (const e of ['orders.placed_at->daily_revenue.day', 'orders.currency->daily_revenue.currency']) {
+    check(listed.includes(e), `the list has ${e}: ${listed}`);
+  }
+  check(await page.$('#h-lineage ~ .lineage text[data-column="daily_revenue.revenue"]'), 'the derived column is labelled in the graph');
+  check(await page.$('#h-lineage ~ .lineage text[data-column="orders.total"]'), 'its source column is labelled in the graph');
+  await page.locator('#h-lineage').scrollIntoViewIfNeeded();
+  await shot(page, 'lineage-columns.png');
+  await toggle.click();
+  await page.waitForSelector('#column-lineage', { state: 'hidden' });
+  check(await page.$('#h-lineage ~ .lineage path[data-column-edge]') === null, 'no column edge is drawn once off');
+
+  // The other demo product with a derived table.
+  await openProduct(page, 'customers/profiles');
+  await page.waitForSelector('#table-signups_per_country [data-testid=served-as]');
+  check((await page.textContent('#table-signups_per_country [data-testid=served-as]')).trim() === 'materialized', 'signups_per_country is materialized');
+  const country = (await page.textContent('#table-signups_per_country tr[data-column="country"] [data-testid=computed-from]')).trim();
+  check(country === 'computed from profiles.country', `country's source: ${country}`);
+});
+
 await scenario('keyboard-only-search', async (page) => {
   await page.goto(base + '/');
   await page.waitForSelector('#results a.result');

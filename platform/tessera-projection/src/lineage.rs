@@ -396,7 +396,7 @@ impl Cx<'_> {
             match e {
                 Expr::Column(c) => {
                     for (plan, deps) in inputs {
-                        if let Some(i) = plan.schema().maybe_index_of_column(&c)
+                        if let Some(i) = plan.schema().maybe_index_of_column(c)
                             && let Some(d) = deps.get(i)
                         {
                             out.extend(d.iter().cloned());

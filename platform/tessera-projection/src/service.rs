@@ -459,26 +459,29 @@ async fn rebuild(inner: &Inner, projector: &mut Projector, id: i64) -> Result<se
         r.store(i64::try_from(done).unwrap_or(i64::MAX), Ordering::Relaxed);
         t.store(i64::try_from(total).unwrap_or(i64::MAX), Ordering::Relaxed);
     };
-    let work = projector.rebuild(&report);
-    tokio::pin!(work);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            outcome = &mut work => {
-                let (p, h) = (reached.load(Ordering::Relaxed), target.load(Ordering::Relaxed));
-                if let Err(e) = inner.store.command_progress(id, p, h).await {
-                    tracing::warn!(error = %e, "could not record a rebuild's progress");
-                }
-                return outcome;
-            }
-            _ = tick.tick() => {
-                let (p, h) = (reached.load(Ordering::Relaxed), target.load(Ordering::Relaxed));
-                if let Err(e) = inner.store.command_progress(id, p, h).await {
-                    tracing::warn!(error = %e, "could not record a rebuild's progress");
-                }
+    // Progress is written by a task of its own: a write awaited beside the
+    // rebuild (in a `select!`) could wait for the SQLite write lock that the
+    // suspended rebuild holds, and neither would ever move again.
+    let store = inner.store.clone();
+    let (r, t) = (reached.clone(), target.clone());
+    let reporter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let (p, h) = (r.load(Ordering::Relaxed), t.load(Ordering::Relaxed));
+            if let Err(e) = store.command_progress(id, p, h).await {
+                tracing::warn!(error = %e, "could not record a rebuild's progress");
             }
         }
+    });
+    let outcome = projector.rebuild(&report).await;
+    reporter.abort();
+    let _ = reporter.await;
+    let (p, h) = (reached.load(Ordering::Relaxed), target.load(Ordering::Relaxed));
+    if let Err(e) = inner.store.command_progress(id, p, h).await {
+        tracing::warn!(error = %e, "could not record a rebuild's progress");
     }
+    outcome
 }
 
 fn hostname() -> String {

@@ -52,13 +52,7 @@ impl Generation {
     }
 }
 
-/// Which version of a table to read.
-#[derive(Debug, Clone, PartialEq)]
-pub enum At {
-    Latest,
-    Version(u64),
-    Time(chrono::DateTime<chrono::Utc>),
-}
+pub use tessera_sql::At;
 
 /// The roles a principal reads a domain's products with: its configured
 /// roles, and `owner` when it is a member of the domain (and only then).
@@ -103,11 +97,17 @@ pub struct Catalog {
     warehouse: Warehouse,
     key: HashKey,
     generations: Mutex<Option<(Instant, Generations)>>,
-    contracts: Mutex<HashMap<(String, String, String), (Arc<Contract>, Arc<Lineage>)>>,
+    contracts: Mutex<HashMap<VersionKey, Published>>,
     tables: Mutex<HashMap<Url, DeltaTable>>,
     /// Scalar functions that replace built-ins in every session and view.
     functions: Vec<Arc<datafusion::logical_expr::ScalarUDF>>,
 }
+
+/// A product's version: domain, name, version.
+type VersionKey = (String, String, String);
+
+/// A published contract and the lineage of its derived tables.
+type Published = (Arc<Contract>, Arc<Lineage>);
 
 /// Every served generation of every product.
 pub type Generations = Arc<Vec<Arc<Generation>>>;

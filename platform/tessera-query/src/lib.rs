@@ -8,13 +8,13 @@
 //! writer (`audit`). Knows nothing of HTTP or the PostgreSQL protocol: the
 //! server speaks those and calls [`Engine`].
 
+pub use tessera_sql::{guard, sandbox};
+
 pub mod admission;
 pub mod audit;
 pub mod catalog;
 pub mod engine;
-pub mod guard;
 pub mod mask;
-pub mod sandbox;
 pub mod table;
 pub mod view;
 

@@ -13,19 +13,17 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     /// Extra fields merged into the body: `index`, `pointer`, `line`, `errors`, ...
+    /// (`retry_after_seconds` is sent as the `Retry-After` header too).
     pub details: serde_json::Map<String, Value>,
-    /// Seconds after which the client may retry (`Retry-After`).
-    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: serde_json::Map::new(), retry_after: None }
+        Self { status, code, message: message.into(), details: serde_json::Map::new() }
     }
 
     /// Says when to retry: the `Retry-After` header, and `retry_after_seconds` in the body.
-    pub fn retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after = Some(seconds);
+    pub fn retry_after(self, seconds: u32) -> Self {
         self.with("retry_after_seconds", seconds)
     }
 
@@ -37,12 +35,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = self.details.get("retry_after_seconds").and_then(Value::as_u64);
         let mut body = json!({ "code": self.code, "message": self.message });
         if let Value::Object(map) = &mut body {
             map.extend(self.details);
         }
         let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
         }
         response

@@ -391,11 +391,20 @@ fn csv_cell(s: &str) -> String {
 pub(crate) async fn audit_log(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if caller.is_public() {
+        return Err(tessera_store::Error::Unauthenticated(
+            "the query audit log needs a steward's token: send `Authorization: Bearer <token>`".into(),
+        )
+        .into());
+    }
     if !caller.roles.contains(&tessera_contract::Role::Steward) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only stewards may read the query audit log"));
     }
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; use ?principal=<name>&before=<id>&limit=<1..1000>"))
+    })?;
     if let Some(engine) = &state.engine {
         engine.flush_audit().await;
     }

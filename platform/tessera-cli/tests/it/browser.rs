@@ -1,8 +1,9 @@
 //! The catalog UI in a real browser: `tessera serve --demo`, then
 //! `tests/browser/catalog.mjs` drives Debian's Chromium through
 //! playwright-core (search, masking per role, the SQL console and its CSV,
-//! the lineage graph, keyboard-only search, a narrow screen). Screenshots go
-//! to `<target>/tmp/browser-artifacts`.
+//! the lineage graph, derived tables and column lineage, keyboard-only
+//! search, a narrow screen). Screenshots go to
+//! `<target>/tmp/browser-artifacts`.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `TESSERA_CHROMIUM`) and
 //! `npm ci --prefix tests/browser`; `.ci/run` provides all three. Without

@@ -17,7 +17,7 @@ use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
-use crate::catalog::At;
+use crate::At;
 
 /// Why a query is not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,6 +435,25 @@ mod tests {
         assert!(refused("PREPARE p AS SELECT 1").starts_with("PREPARE"));
         assert!(refused("DROP TABLE t").starts_with("DROP TABLE"));
         assert!(refused("RESET datafusion.execution.batch_size").starts_with("RESET"));
+    }
+
+    #[test]
+    fn bounds_refuse_what_is_too_large_or_too_deep_before_planning() {
+        let bounds = Bounds { max_sql_bytes: 1 << 20, max_depth: 64, max_literal_bytes: 1024 };
+        let chain = |n: usize| format!("SELECT {} AS x", vec!["1"; n].join(" + "));
+        assert!(check_bounded(&chain(50), &bounds).is_ok());
+        assert!(matches!(check_bounded(&chain(70), &bounds), Err(Refusal::TooComplex(m)) if m.contains("64 levels")));
+        // Far past the bound: refused from the tokens, without building a tree.
+        assert!(matches!(check_text(&chain(300_000), &bounds), Err(Refusal::TooComplex(_))));
+        assert!(
+            matches!(check_bounded(&format!("SELECT '{}'", "x".repeat(2000)), &bounds), Err(Refusal::TooComplex(m)) if m.contains("literal"))
+        );
+        assert!(matches!(check_bounded(&"SELECT 1 ".repeat(200_000), &bounds), Err(Refusal::TooComplex(m)) if m.contains("bytes")));
+        let unions = vec!["SELECT 1"; 100].join(" UNION ALL ");
+        assert!(matches!(check_bounded(&unions, &bounds), Err(Refusal::TooComplex(_))));
+        // Long lists are wide, not deep.
+        let list = format!("SELECT 1 WHERE 1 IN ({})", (0..5000).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+        assert!(check_bounded(&list, &bounds).is_ok());
     }
 
     #[test]
