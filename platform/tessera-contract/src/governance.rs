@@ -62,6 +62,29 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                 // The source's classification: a payload field's own (or its
                 // classified parent object's); a metadata key's by the naming
                 // heuristics, since metadata has no schema to declare it in.
+                // A whole object or array copied into a struct or list
+                // column: each classified field inside it must land in a
+                // field masked at least as strictly.
+                if let Source::Payload(path) = source {
+                    for (within, class) in payload::classified_within(&event.schema, path) {
+                        let weaker = weaker_nested(policy, col, &within, class);
+                        if !weaker.is_empty() {
+                            out.push(
+                                Diagnostic::error(
+                                    Code::GovernanceWeakerThanSource,
+                                    format!("/tables/{table_name}/columns/{col_name}"),
+                                    format!(
+                                        "column `{col_name}` is filled from `{source}`, whose field `{}` is {class}, but its field is masked less strictly: {}",
+                                        within.join("."),
+                                        weaker.join("; ")
+                                    ),
+                                )
+                                .at_key()
+                                .help(format!("add `classification: {class}` to that field of the column")),
+                            );
+                        }
+                    }
+                }
                 let source_class = match source {
                     Source::Payload(path) => payload::resolve(&event.schema, path).ok().and_then(|f| f.classification),
                     Source::Metadata(key) => policy.suspect(key),
@@ -70,17 +93,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                 let Some(source_class) = source_class.filter(|c| *c != NONE) else {
                     continue;
                 };
-                let Some(source_policy) = policy.classifications.get(source_class) else {
-                    continue;
-                };
-                let weaker: Vec<String> = Role::ALL
-                    .into_iter()
-                    .filter_map(|role| {
-                        let needed = *source_policy.masking.get(&role)?;
-                        let given = policy.effective(col, role)?;
-                        (policy.rank(given) < policy.rank(needed)).then(|| format!("{role} gets {given} instead of {needed}"))
-                    })
-                    .collect();
+                let weaker = weaker_than(policy, col, source_class);
                 if !weaker.is_empty() {
                     out.push(
                         Diagnostic::error(
@@ -99,6 +112,47 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// How `col` is masked less strictly than `class` requires, role by role.
+fn weaker_than(policy: &Policy, col: &Column, class: &str) -> Vec<String> {
+    let Some(source_policy) = policy.classifications.get(class) else { return Vec::new() };
+    Role::ALL
+        .into_iter()
+        .filter_map(|role| {
+            let needed = *source_policy.masking.get(&role)?;
+            let given = policy.effective(col, role)?;
+            (policy.rank(given) < policy.rank(needed)).then(|| format!("{role} gets {given} instead of {needed}"))
+        })
+        .collect()
+}
+
+/// How the field at `path` inside a struct or list column (`[]` for list
+/// items) is masked less strictly than `class` requires. A field the column
+/// does not declare is not stored; a column (or field on the way) masked as
+/// a whole for a role masks everything inside it.
+fn weaker_nested(policy: &Policy, col: &Column, path: &[String], class: &str) -> Vec<String> {
+    let Some(source_policy) = policy.classifications.get(class) else { return Vec::new() };
+    Role::ALL
+        .into_iter()
+        .filter_map(|role| {
+            let needed = *source_policy.masking.get(&role)?;
+            let mut node = col;
+            let mut given = policy.effective(node, role)?;
+            for step in path {
+                if given != Strategy::Clear {
+                    break;
+                }
+                node = match (&node.data_type, step.as_str()) {
+                    (DataType::List(item), "[]") => item.as_ref(),
+                    (DataType::Struct(fields), name) => fields.iter().find(|(n, _)| n.as_str() == name).map(|(_, f)| f)?,
+                    _ => return None,
+                };
+                given = policy.effective(node, role)?;
+            }
+            (policy.rank(given) < policy.rank(needed)).then(|| format!("{role} gets {given} instead of {needed}"))
+        })
+        .collect()
 }
 
 fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str, col: &Column) {
@@ -151,6 +205,14 @@ fn check_column(out: &mut Vec<Diagnostic>, policy: &Policy, at: &str, name: &str
     if let DataType::Struct(fields) = &col.data_type {
         for (field_name, field) in fields {
             check_column(out, policy, &child(&format!("{at}/fields"), field_name.as_str()), field_name.as_str(), field);
+        }
+    }
+    // The fields of a list's items are columns too.
+    if let DataType::List(item) = &col.data_type
+        && let DataType::Struct(fields) = &item.data_type
+    {
+        for (field_name, field) in fields {
+            check_column(out, policy, &child(&format!("{at}/items/fields"), field_name.as_str()), field_name.as_str(), field);
         }
     }
 }

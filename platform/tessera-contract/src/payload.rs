@@ -89,14 +89,55 @@ fn is_required(node: &Value, name: &str) -> bool {
     node.get("required").and_then(Value::as_array).is_some_and(|r| r.iter().any(|v| v.as_str() == Some(name)))
 }
 
+fn class_of(node: &Value) -> Option<&str> {
+    node.get("classification").and_then(Value::as_str)
+}
+
+/// Every classified field inside the field at `path` (itself excluded), by
+/// its path relative to it (`[]` for array items), with its classification
+/// (its own, or the nearest classified object's around it).
+pub fn classified_within<'a>(root: &'a Value, path: &FieldPath) -> Vec<(Vec<String>, &'a str)> {
+    let Ok(field) = resolve(root, path) else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashSet<*const Value> = std::collections::HashSet::new();
+    // (node, relative path, inherited classification)
+    let mut stack: Vec<(&Value, Vec<String>, Option<&str>)> = vec![(field.schema, Vec::new(), field.classification)];
+    while let Some((node, rel, inherited)) = stack.pop() {
+        let node = deref(root, node);
+        if !seen.insert(node as *const Value) || rel.len() > 32 {
+            continue;
+        }
+        let inherited = inherited.filter(|c| *c != crate::policy::NONE);
+        if let Some(props) = properties(node) {
+            for (name, child) in props {
+                let class = class_of(child).or_else(|| class_of(deref(root, child))).or(inherited);
+                let mut here = rel.clone();
+                here.push(name.clone());
+                if let Some(c) = class.filter(|c| *c != crate::policy::NONE) {
+                    out.push((here.clone(), c));
+                }
+                stack.push((child, here, class));
+            }
+        }
+        if let Some(items) = node.get("items") {
+            let mut here = rel.clone();
+            here.push("[]".to_owned());
+            let class = class_of(items).or(inherited);
+            stack.push((items, here, class));
+        }
+    }
+    out
+}
+
 /// Resolves `path` in the payload schema `root`.
 pub fn resolve<'a>(root: &'a Value, path: &FieldPath) -> Result<Field<'a>, Unresolved> {
     let mut node = deref(root, root);
+    let mut node_class = class_of(root).or_else(|| class_of(node));
     let mut always_present = true;
     // A field inside a classified object is as personal as the object.
     let mut inherited: Option<&str> = None;
     for (depth, segment) in path.0.iter().enumerate() {
-        if let Some(c) = node.get("classification").and_then(Value::as_str).filter(|c| *c != crate::policy::NONE) {
+        if let Some(c) = node_class.filter(|c| *c != crate::policy::NONE) {
             inherited = Some(c);
         }
         let props = properties(node);
@@ -104,6 +145,8 @@ pub fn resolve<'a>(root: &'a Value, path: &FieldPath) -> Result<Field<'a>, Unres
             return Err(Unresolved { depth, available: props.map(|p| p.keys().cloned().collect()).unwrap_or_default() });
         };
         always_present &= is_required(node, segment);
+        // A classification beside a `$ref` is the field's own.
+        node_class = class_of(next).or_else(|| class_of(deref(root, next)));
         node = deref(root, next);
     }
     let all = types(node);
@@ -114,7 +157,7 @@ pub fn resolve<'a>(root: &'a Value, path: &FieldPath) -> Result<Field<'a>, Unres
         always_present,
         format: node.get("format").and_then(Value::as_str),
         // Its own classification (an explicit `none` included), or else its object's.
-        classification: node.get("classification").and_then(Value::as_str).or(inherited),
+        classification: node_class.or(inherited),
     })
 }
 

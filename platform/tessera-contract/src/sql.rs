@@ -40,8 +40,68 @@ impl From<&str> for Problem {
     }
 }
 
+/// The longest derived query, in bytes.
+pub const MAX_QUERY_BYTES: usize = 64 << 10;
+
+/// How deeply a derived query may nest (an upper bound from its tokens).
+pub const MAX_QUERY_NESTING: usize = 256;
+
+/// Refuses a query too long or nested too deeply to be parsed, planned and
+/// dropped safely, from its tokens alone (before any tree is built). The
+/// estimate counts, for each open bracket, the tokens since its last comma:
+/// a chain of operators nests as deep as it is long, list items are
+/// siblings, and chains the parser keeps flat (`a['x']['y']`) count too.
+fn check_nesting(sql: &str) -> Result<(), Problem> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > MAX_QUERY_BYTES {
+        return Err(format!("the query is {} bytes, over the limit of {MAX_QUERY_BYTES}: derive in smaller steps", sql.len()).into());
+    }
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return Ok(()) };
+    let mut runs: Vec<usize> = vec![0];
+    let mut depth: usize = 0;
+    for token in &tokens {
+        match token {
+            Token::Whitespace(_) => continue,
+            Token::LParen | Token::LBracket => {
+                runs.push(0);
+                depth += 1;
+            }
+            Token::RParen | Token::RBracket => {
+                if runs.len() > 1 {
+                    // A closed bracket still counts as one link of its chain.
+                    let run = runs.pop().unwrap_or(0);
+                    depth = depth.saturating_sub(run);
+                    if let Some(outer) = runs.last_mut() {
+                        *outer += 1;
+                    }
+                }
+            }
+            Token::Comma => {
+                if let Some(run) = runs.last_mut() {
+                    depth = depth.saturating_sub(*run);
+                    *run = 0;
+                }
+            }
+            _ => {
+                if let Some(run) = runs.last_mut() {
+                    *run += 1;
+                    depth += 1;
+                }
+            }
+        }
+        if depth > MAX_QUERY_NESTING {
+            return Err(format!(
+                "the query nests deeper than {MAX_QUERY_NESTING} levels (long chains of operators count as nesting): split it into steps or CTEs"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Parses and inspects a derived table's query.
 pub fn analyze(sql: &str) -> Result<Analysis, Problem> {
+    check_nesting(sql)?;
     let statements =
         Parser::new(&GenericDialect {}).with_recursion_limit(64).try_with_sql(sql).and_then(|mut p| p.parse_statements()).map_err(|e| {
             let text = e.to_string();
@@ -158,6 +218,14 @@ mod tests {
             "",
         ] {
             assert!(analyze(bad).is_err(), "{bad}");
+        }
+        for deep in [
+            format!("SELECT {} AS x FROM t", vec!["1"; 400].join(" + ")),
+            format!("SELECT a{} AS x FROM t", "['k']".repeat(400)),
+            format!("SELECT {}1{} AS x FROM t", "(".repeat(300), ")".repeat(300)),
+            format!("SELECT 1 AS x FROM t WHERE {}", "x > 1 AND ".repeat(20_000)),
+        ] {
+            assert!(analyze(&deep).is_err_and(|p| p.message.contains("levels") || p.message.contains("bytes")), "{}", &deep[..40]);
         }
     }
 }

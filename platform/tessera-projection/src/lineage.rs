@@ -202,7 +202,13 @@ async fn analyze_one(contract: &Contract, query: &str, known: &Lineage) -> Resul
     let scanned = scanned(contract, &plan)?;
     let mut reads = BTreeSet::new();
     let mut classified = BTreeMap::new();
+    let derived_tables: BTreeSet<&str> =
+        contract.tables.iter().filter(|(_, t)| matches!(t.projection, Projection::Sql { .. })).map(|(n, _)| n.as_str()).collect();
     for c in &scanned {
+        if derived_tables.contains(c.table.as_str()) && known.get(&c.table).is_none() {
+            // Itself, or a cycle its declared reads hid (a CTE named like a table).
+            return Err(format!("it reads the derived table `{}` before that one is known: a cycle", c.table));
+        }
         if let Some(input) = known.get(&c.table) {
             // A derived input: whatever it read (any of its rows depends on all of it).
             reads.extend(input.reads.iter().cloned());

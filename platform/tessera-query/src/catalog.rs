@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::empty::EmptyTable;
+use datafusion::execution::session_state::SessionStateBuilder;
 use deltalake::DeltaTable;
 use tessera_contract::Contract;
 use tessera_contract::model::Column;
@@ -80,6 +81,24 @@ pub fn strategy_for(policy: &Policy, column: &Column, roles: &[Role]) -> Option<
     best
 }
 
+/// `contract` with the classification of every column that `live` classifies
+/// and `contract` does not (same table and column names).
+fn with_live_classifications(contract: &Contract, live: &Contract) -> Contract {
+    let mut merged = contract.clone();
+    for (table, spec) in merged.tables.iter_mut() {
+        let Some(live_table) = live.tables.get(table) else { continue };
+        for (name, column) in spec.columns.iter_mut() {
+            if tessera_projection::lineage::classification_of(column).is_none()
+                && let Some(live_column) = live_table.columns.get(name)
+                && let Some(class) = tessera_projection::lineage::classification_of(live_column)
+            {
+                column.classification = Some(class);
+            }
+        }
+    }
+    merged
+}
+
 /// Whether `live` is masked more strictly than `own` for `roles` (or cannot
 /// be resolved: fail closed).
 fn stricter(policy: &Policy, live: &Column, own: &Column, roles: &[Role]) -> bool {
@@ -98,9 +117,11 @@ pub struct Catalog {
     key: HashKey,
     generations: Mutex<Option<(Instant, Generations)>>,
     contracts: Mutex<HashMap<VersionKey, Published>>,
+    /// Lineage of previous generations under their live version's classifications.
+    merged: Mutex<HashMap<VersionKey, Arc<Lineage>>>,
     tables: Mutex<HashMap<Url, DeltaTable>>,
-    /// Scalar functions that replace built-ins in every session and view.
-    functions: Vec<Arc<datafusion::logical_expr::ScalarUDF>>,
+    /// Bounds on the values functions produce, in every session and view.
+    bounded: Option<Arc<tessera_sql::guard::Bounded>>,
 }
 
 /// A product's version: domain, name, version.
@@ -124,19 +145,26 @@ impl Catalog {
             key,
             generations: Mutex::new(None),
             contracts: Mutex::new(HashMap::new()),
+            merged: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashMap::new()),
-            functions: Vec::new(),
+            bounded: None,
         }
     }
 
-    /// Replaces built-in scalar functions by these in every session and view.
-    pub fn with_functions(mut self, functions: Vec<Arc<datafusion::logical_expr::ScalarUDF>>) -> Self {
-        self.functions = functions;
+    /// Puts every session and view under these bounds on values.
+    pub fn with_bounds(mut self, bounded: Arc<tessera_sql::guard::Bounded>) -> Self {
+        self.bounded = Some(bounded);
         self
     }
 
-    pub fn functions(&self) -> &[Arc<datafusion::logical_expr::ScalarUDF>] {
-        &self.functions
+    /// Registers the bounded functions, and the rule that keeps every plan
+    /// under them, in a session being built.
+    pub fn bound(&self, builder: SessionStateBuilder) -> SessionStateBuilder {
+        let Some(bounded) = &self.bounded else { return builder };
+        let mut builder = builder.with_analyzer_rule(Arc::clone(bounded) as _);
+        // Registered last, so they win over the built-ins of the same names.
+        builder.scalar_functions().get_or_insert_with(Vec::new).extend(bounded.functions().iter().cloned());
+        builder
     }
 
     pub fn policy(&self) -> &Policy {
@@ -206,6 +234,27 @@ impl Catalog {
             out.iter().filter(|g| g.live).map(|g| (g.domain.clone(), g.product.clone(), Arc::clone(&g.contract))).collect();
         for g in out.iter_mut().filter(|g| !g.live) {
             g.live_contract = live.iter().find(|(d, p, _)| *d == g.domain && *p == g.product).map(|(_, _, c)| Arc::clone(c));
+            // A column the live version classifies is classified here too:
+            // a derived table of this generation that reads it is a view.
+            if let Some(live) = &g.live_contract {
+                let key = (g.domain.clone(), g.product.clone(), format!("{}+{}", g.contract.version, live.version));
+                let cached = self.merged.lock().ok().and_then(|m| m.get(&key).cloned());
+                g.lineage = match cached {
+                    Some(lineage) => lineage,
+                    None => {
+                        let merged = with_live_classifications(&g.contract, live);
+                        let lineage = if merged == *g.contract {
+                            Arc::clone(&g.lineage)
+                        } else {
+                            Arc::new(tessera_projection::lineage::analyze(&merged).await)
+                        };
+                        if let Ok(mut m) = self.merged.lock() {
+                            m.insert(key, Arc::clone(&lineage));
+                        }
+                        lineage
+                    }
+                };
+            }
         }
         let list = Arc::new(out.into_iter().map(Arc::new).collect());
         if let Ok(mut g) = self.generations.lock() {
@@ -267,6 +316,24 @@ impl Catalog {
         Ok(Some(table))
     }
 
+    /// [`Catalog::masked_table`] for a view's input, `depth` views down.
+    pub(crate) async fn view_input(
+        self: &Arc<Self>,
+        generation: &Arc<Generation>,
+        table: &str,
+        roles: &[Role],
+        at: &At,
+        depth: usize,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(spec) = generation.contract.tables.iter().find(|(n, _)| n.as_str() == table).map(|(_, t)| t) else {
+            return Ok(None);
+        };
+        if generation.lineage.is_view(table) {
+            return crate::view::governed_view(self, generation, table, spec, roles, at, depth).await.map(Some);
+        }
+        self.masked_table(generation, table, roles, at).await
+    }
+
     /// Table `table` of a generation as a caller with `roles` sees it, at
     /// `at`: a Delta table masked beneath its scan, or, for a derived table
     /// that reads classified columns, its query over the caller's masked
@@ -282,7 +349,7 @@ impl Catalog {
             return Ok(None);
         };
         if generation.lineage.is_view(table) {
-            return crate::view::governed_view(self, generation, table, spec, roles, at).await.map(Some);
+            return crate::view::governed_view(self, generation, table, spec, roles, at, 0).await.map(Some);
         }
         let url = self.warehouse.table_url(&generation.domain, &generation.product, generation.major, table);
         let delta = match at {

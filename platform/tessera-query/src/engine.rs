@@ -160,7 +160,7 @@ impl Engine {
         let auditor = Auditor::start(store.clone());
         let admission = Arc::new(Admission::new(limits.concurrency.clone()));
         let catalog =
-            Catalog::new(store, warehouse, HashKey::new(key)).with_functions(crate::guard::guarded_functions(limits.max_value_bytes()));
+            Catalog::new(store, warehouse, HashKey::new(key)).with_bounds(Arc::new(crate::guard::Bounded::new(limits.max_value_bytes())));
         Self { catalog: Arc::new(catalog), limits, auditor, admission }
     }
 
@@ -381,17 +381,15 @@ impl Session {
         }
         functions
             .insert(AS_OF.to_owned(), Arc::new(datafusion::catalog::TableFunction::new(AS_OF.to_owned(), Self::as_of_function(as_of))));
-        let mut builder = SessionStateBuilder::new()
+        let builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_table_factories(HashMap::new())
             .with_catalog_list(Arc::clone(&self.catalogs) as _)
             .with_table_functions(functions);
-        // The bounded replacements of functions that could allocate without
-        // bound; registered last, so they win over the built-ins.
-        builder.scalar_functions().get_or_insert_with(Vec::new).extend(self.engine.catalog.functions().iter().cloned());
-        Ok(builder.build())
+        // Functions that could allocate without bound are bounded.
+        Ok(self.engine.catalog.bound(builder).build())
     }
 
     /// The `as_of` table function over tables [`Session::resolve_as_of`] opened.
@@ -607,6 +605,11 @@ impl Rows {
     /// The tables the query reads, as `domain.product.table`.
     pub fn tables(&self) -> &[String] {
         &self.tables
+    }
+
+    /// When the query must have ended, its last row read by the client included.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// Rows returned so far.

@@ -28,6 +28,10 @@ use crate::mask::Mask;
 use crate::table::{MaskedTable, ServedColumn};
 
 const VIEW_CATALOG: &str = "tessera_view";
+
+/// Views that read views, at most this deep (a contract's derived tables
+/// form no cycle, but a view that hides one must not recurse forever).
+const MAX_VIEW_DEPTH: usize = 16;
 const VIEW_SCHEMA: &str = "product";
 
 /// The derived table `table` of `generation`, as its query over the
@@ -39,7 +43,13 @@ pub async fn governed_view(
     spec: &Table,
     roles: &[Role],
     at: &At,
+    depth: usize,
 ) -> Result<Arc<dyn TableProvider>> {
+    if depth >= MAX_VIEW_DEPTH {
+        return Err(DataFusionError::Plan(format!(
+            "the derived view `{table}` reads views {MAX_VIEW_DEPTH} deep, or reads itself: its contract must be fixed"
+        )));
+    }
     let Projection::Sql { query, .. } = &spec.projection else {
         return Err(DataFusionError::Internal(format!("`{table}` is not a derived table")));
     };
@@ -51,22 +61,26 @@ pub async fn governed_view(
             generation.schema_name()
         )));
     }
-    let inputs =
-        Arc::new(ViewInputs { catalog: Arc::clone(catalog), generation: Arc::clone(generation), roles: roles.to_vec(), at: at.clone() });
+    let inputs = Arc::new(ViewInputs {
+        catalog: Arc::clone(catalog),
+        generation: Arc::clone(generation),
+        roles: roles.to_vec(),
+        at: at.clone(),
+        depth: depth + 1,
+    });
     let schemas = datafusion::catalog::MemoryCatalogProvider::new();
     schemas.register_schema(VIEW_SCHEMA, inputs)?;
     let list = MemoryCatalogProviderList::new();
     list.register_catalog(VIEW_CATALOG.to_owned(), Arc::new(schemas));
     let config =
         SessionConfig::new().with_create_default_catalog_and_schema(false).with_default_catalog_and_schema(VIEW_CATALOG, VIEW_SCHEMA);
-    let mut builder = SessionStateBuilder::new()
+    let builder = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
         .with_table_factories(HashMap::new())
         .with_catalog_list(Arc::new(list));
     // A view keeps the functions it was planned with: the bounded ones.
-    builder.scalar_functions().get_or_insert_with(Vec::new).extend(catalog.functions().iter().cloned());
-    let state = builder.build();
+    let state = catalog.bound(builder).build();
     let plan = state
         .create_logical_plan(query)
         .await
@@ -102,6 +116,8 @@ struct ViewInputs {
     generation: Arc<Generation>,
     roles: Vec<Role>,
     at: At,
+    /// How many views deep these inputs are read.
+    depth: usize,
 }
 
 #[async_trait::async_trait]
@@ -111,7 +127,7 @@ impl SchemaProvider for ViewInputs {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Box::pin(self.catalog.masked_table(&self.generation, name, &self.roles, &self.at)).await
+        Box::pin(self.catalog.view_input(&self.generation, name, &self.roles, &self.at, self.depth)).await
     }
 
     fn table_exist(&self, name: &str) -> bool {

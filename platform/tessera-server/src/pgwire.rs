@@ -351,6 +351,21 @@ impl QueryHook for Sandbox {
     }
 }
 
+/// The bounds on a statement's text, then a slot for one more query of the
+/// principal (refusals are audited).
+async fn admit(connected: &Connected, sql: &str) -> PgWireResult<tessera_query::Permit> {
+    let engine = connected.session.engine().clone();
+    let principal = connected.session.principal().clone();
+    let outcome = match engine.check_bounds(sql).await {
+        Ok(()) => engine.admit(&principal).await,
+        Err(e) => Err(e),
+    };
+    outcome.map_err(|e| {
+        Audit::start(&engine, &principal, "pgwire", sql).finish(0, Vec::new(), Err(&e));
+        query_error(&e)
+    })
+}
+
 /// The query handlers: datafusion-postgres's, with every result under the
 /// engine's row and time limits and audited.
 struct Queries {
@@ -371,17 +386,7 @@ impl Queries {
     /// The bounds on the text, then a slot for one more query of the
     /// principal (refusals are audited).
     async fn admit(&self, sql: &str) -> PgWireResult<tessera_query::Permit> {
-        let connected = self.conn.connected()?;
-        let engine = connected.session.engine().clone();
-        let principal = connected.session.principal().clone();
-        let outcome = match engine.check_bounds(sql).await {
-            Ok(()) => engine.admit(&principal).await,
-            Err(e) => Err(e),
-        };
-        outcome.map_err(|e| {
-            Audit::start(&engine, &principal, "pgwire", sql).finish(0, Vec::new(), Err(&e));
-            query_error(&e)
-        })
+        admit(self.conn.connected()?, sql).await
     }
 
     /// Wraps a response's rows in the limits and the audit; audits anything else at once.
@@ -492,6 +497,9 @@ impl QueryParser for AuditedParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let connected = self.conn.connected()?;
+        // Parsing a prepared statement plans it: the same bounds and the
+        // same admission as running one.
+        let _permit = admit(connected, sql).await?;
         let parser: Arc<Parser> = connected.service.query_parser();
         let parsed = parser.parse_sql(client, sql, types).await;
         if let Err(e) = &parsed {

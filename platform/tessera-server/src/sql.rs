@@ -29,7 +29,7 @@ use tessera_query::{ErrorKind, QueryError, Rows};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::{AppState, Caller, read_body};
+use crate::{AppState, Caller};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +102,20 @@ pub(crate) async fn post_sql(
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sql_unavailable", "this server does not serve SQL: it has no warehouse configured")
     })?;
     let format = Format::negotiate(&headers)?;
-    let bytes = read_body(&state, body).await?;
+    // The SQL text is bounded (query_max_sql_bytes): a body far larger is
+    // refused before it is buffered (JSON escapes at most 6 bytes a byte).
+    let limit = engine.limits().bounds.max_sql_bytes.saturating_mul(6).saturating_add(4096).min(state.max_body_bytes);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body is larger than {limit} bytes; the SQL text may be at most {} bytes",
+                engine.limits().bounds.max_sql_bytes
+            ),
+        )
+        .with("limit", limit)
+    })?;
     let request: SqlRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body must be {{\"sql\": \"SELECT …\"}}: {e}"))
             .with("line", e.line())
@@ -120,7 +133,7 @@ pub(crate) async fn post_sql(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let max_rows = rows.max_rows();
     tokio::spawn(async move {
-        let writer = ChunkWriter { tx: tx.clone(), buffer: Vec::with_capacity(CHUNK) };
+        let writer = ChunkWriter { tx: tx.clone(), buffer: Vec::with_capacity(CHUNK), deadline: rows.deadline() };
         let outcome = write_result(writer, rows, first, format, started).await;
         if let Err(e) = outcome {
             // Ends the body abruptly: the client sees an incomplete response, never a silently short one.
@@ -153,6 +166,9 @@ const CHUNK: usize = 64 * 1024;
 struct ChunkWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     buffer: Vec<u8>,
+    /// The query's deadline: a client that does not read by then loses the
+    /// result (and the query's slot goes to someone else).
+    deadline: tokio::time::Instant,
 }
 
 impl ChunkWriter {
@@ -160,7 +176,10 @@ impl ChunkWriter {
     async fn flush_chunk(&mut self, always: bool) -> Result<(), String> {
         if self.buffer.len() >= CHUNK || (always && !self.buffer.is_empty()) {
             let chunk = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK)));
-            self.tx.send(Ok(chunk)).await.map_err(|_| "the client went away".to_owned())?;
+            match tokio::time::timeout_at(self.deadline, self.tx.send(Ok(chunk))).await {
+                Ok(sent) => sent.map_err(|_| "the client went away".to_owned())?,
+                Err(_) => return Err("the client did not read the result within the query's time limit".to_owned()),
+            }
         }
         Ok(())
     }

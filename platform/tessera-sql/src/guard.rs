@@ -10,6 +10,13 @@
 //! The per-value bound is the query's memory limit divided by the batch
 //! size: a constant result is copied into every row of a batch, so one
 //! batch of the largest values still fits the query's limit.
+//!
+//! Some syntax reaches built-ins without the session's registry (`||` on
+//! lists becomes `array_concat`, `OVERLAY` calls `overlay`), and `||` on
+//! strings is an operator, not a function. The analyzer rule [`Bounded`]
+//! runs after type coercion on every plan: it swaps any built-in instance of
+//! a guarded function for the guarded one, and wraps every string `||` in a
+//! check of the value it produced.
 
 use std::sync::Arc;
 
@@ -51,6 +58,100 @@ pub struct Guarded {
     max_value_bytes: usize,
 }
 
+/// The analyzer rule that puts every guarded function and every string `||`
+/// of a plan under the bound (see the module's documentation).
+#[derive(Debug)]
+pub struct Bounded {
+    functions: Vec<Arc<ScalarUDF>>,
+    check: Arc<ScalarUDF>,
+}
+
+impl Bounded {
+    /// The rule for sessions whose values may be at most `max_value_bytes` each.
+    pub fn new(max_value_bytes: usize) -> Self {
+        Self {
+            functions: guarded_functions(max_value_bytes),
+            check: Arc::new(ScalarUDF::new_from_impl(BoundedValue {
+                signature: Signature::any(1, datafusion::logical_expr::Volatility::Immutable),
+                max_value_bytes,
+            })),
+        }
+    }
+
+    /// The guarded functions, to register in a session.
+    pub fn functions(&self) -> &[Arc<ScalarUDF>] {
+        &self.functions
+    }
+
+    fn rewrite(&self, e: Expr) -> Result<datafusion::common::tree_node::Transformed<Expr>> {
+        use datafusion::common::tree_node::Transformed;
+        use datafusion::logical_expr::{Operator, expr::ScalarFunction};
+        match e {
+            Expr::ScalarFunction(f) if f.func.inner().downcast_ref::<Guarded>().is_none() => {
+                match self.functions.iter().find(|g| g.name() == f.func.name()) {
+                    Some(g) => Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction { func: Arc::clone(g), args: f.args }))),
+                    None => Ok(Transformed::no(Expr::ScalarFunction(f))),
+                }
+            }
+            Expr::BinaryExpr(b) if b.op == Operator::StringConcat => Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction {
+                func: Arc::clone(&self.check),
+                args: vec![Expr::BinaryExpr(b)],
+            }))),
+            other => Ok(Transformed::no(other)),
+        }
+    }
+}
+
+impl datafusion::optimizer::AnalyzerRule for Bounded {
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &ConfigOptions,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::TreeNode as _;
+        plan.transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(|e| self.rewrite(e)))).map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "tessera_bounded_values"
+    }
+}
+
+/// `tessera_bounded(x)`: `x`, refused when one of its values is over the bound.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BoundedValue {
+    signature: Signature,
+    max_value_bytes: usize,
+}
+
+impl ScalarUDFImpl for BoundedValue {
+    fn name(&self) -> &str {
+        "tessera_bounded"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        arg_types.first().cloned().ok_or_else(|| DataFusionError::Plan("tessera_bounded takes one argument".into()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(value) = args.args.into_iter().next() else {
+            return Err(DataFusionError::Plan("tessera_bounded takes one argument".into()));
+        };
+        let bytes = max_len(&value);
+        if bytes > self.max_value_bytes {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "`||` would produce a value of {bytes} bytes, over the limit of {} bytes per value; concatenate less",
+                self.max_value_bytes
+            )));
+        }
+        Ok(value)
+    }
+}
+
 /// The guarded replacements of the unbounded built-ins, for a session whose
 /// values may be at most `max_value_bytes` each.
 pub fn guarded_functions(max_value_bytes: usize) -> Vec<Arc<ScalarUDF>> {
@@ -75,6 +176,7 @@ pub fn guarded_functions(max_value_bytes: usize) -> Vec<Arc<ScalarUDF>> {
         (f::unicode::translate(), Growth::After),
         (f::string::to_hex(), Growth::After),
         (f::encoding::encode(), Growth::After),
+        (f::core::overlay(), Growth::After),
     ];
     list.into_iter().map(|(inner, growth)| Arc::new(ScalarUDF::new_from_impl(Guarded { inner, growth, max_value_bytes }))).collect()
 }

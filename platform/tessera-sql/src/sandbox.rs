@@ -76,11 +76,22 @@ pub fn check_text(sql: &str, bounds: &Bounds) -> Result<(), Refusal> {
             | Token::DoubleQuotedString(s)
             | Token::NationalStringLiteral(s)
             | Token::EscapedStringLiteral(s)
+            | Token::UnicodeStringLiteral(s)
+            | Token::HexStringLiteral(s)
+            | Token::SingleQuotedByteStringLiteral(s)
+            | Token::DoubleQuotedByteStringLiteral(s)
                 if s.len() > bounds.max_literal_bytes =>
             {
                 return Err(Refusal::TooComplex(format!(
                     "a literal of {} bytes is over the limit of {} bytes per literal: pass large values through tables, not in the query text",
                     s.len(),
+                    bounds.max_literal_bytes
+                )));
+            }
+            Token::DollarQuotedString(d) if d.value.len() > bounds.max_literal_bytes => {
+                return Err(Refusal::TooComplex(format!(
+                    "a literal of {} bytes is over the limit of {} bytes per literal: pass large values through tables, not in the query text",
+                    d.value.len(),
                     bounds.max_literal_bytes
                 )));
             }
@@ -117,9 +128,17 @@ pub fn check_text(sql: &str, bounds: &Bounds) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Columns under CUBE in one statement (2^12 = 4,096 grouping sets, the
+/// planner's own limit).
+const MAX_CUBE_COLUMNS: usize = 12;
+
+/// Sets in one GROUPING SETS or ROLLUP.
+const MAX_GROUPING_SETS: usize = 4096;
+
 fn too_deep(bounds: &Bounds) -> Refusal {
     Refusal::TooComplex(format!(
-        "the query nests deeper than the limit of {} levels (query_max_depth) of expressions, subqueries, set operations and joins: \
+        "the query nests deeper than the limit of {} levels (query_max_depth) of expressions, subqueries, set operations and joins \
+         (or groups by more than {MAX_CUBE_COLUMNS} columns under CUBE): \
          split long chains of operators (an IN list instead of many ORs), or use a CTE",
         bounds.max_depth
     ))
@@ -131,6 +150,8 @@ pub fn check_depth(statement: &DFStatement, bounds: &Bounds) -> Result<(), Refus
     struct Depth {
         now: usize,
         max: usize,
+        /// Columns under CUBE in the statement: their grouping sets multiply.
+        cube: usize,
     }
     impl Depth {
         fn enter(&mut self, by: usize) -> ControlFlow<()> {
@@ -138,13 +159,36 @@ pub fn check_depth(statement: &DFStatement, bounds: &Bounds) -> Result<(), Refus
             if self.now > self.max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         }
     }
+    /// Chains the parser keeps flat but the planner nests, one level a link:
+    /// `a['x']['y']…`, `a.b.c.d…`, `a->'x'->'y'…`.
+    fn links(e: &ast::Expr) -> usize {
+        match e {
+            ast::Expr::CompoundFieldAccess { access_chain, .. } => access_chain.len(),
+            ast::Expr::CompoundIdentifier(parts) => parts.len().saturating_sub(1),
+            ast::Expr::JsonAccess { path, .. } => path.path.len(),
+            _ => 0,
+        }
+    }
     impl Visitor for Depth {
         type Break = ();
-        fn pre_visit_expr(&mut self, _: &ast::Expr) -> ControlFlow<()> {
-            self.enter(1)
+        fn pre_visit_expr(&mut self, e: &ast::Expr) -> ControlFlow<()> {
+            if let ast::Expr::Cube(sets) = e {
+                // 2^n grouping sets: the planner enumerates them all before
+                // it checks their number.
+                self.cube += sets.len();
+                if self.cube > MAX_CUBE_COLUMNS {
+                    return ControlFlow::Break(());
+                }
+            }
+            if let ast::Expr::GroupingSets(sets) | ast::Expr::Rollup(sets) = e
+                && sets.len() > MAX_GROUPING_SETS
+            {
+                return ControlFlow::Break(());
+            }
+            self.enter(1 + links(e))
         }
-        fn post_visit_expr(&mut self, _: &ast::Expr) -> ControlFlow<()> {
-            self.now -= 1;
+        fn post_visit_expr(&mut self, e: &ast::Expr) -> ControlFlow<()> {
+            self.now -= 1 + links(e);
             ControlFlow::Continue(())
         }
         fn pre_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
@@ -178,7 +222,7 @@ pub fn check_depth(statement: &DFStatement, bounds: &Bounds) -> Result<(), Refus
         }
         n
     }
-    let mut depth = Depth { now: 0, max: bounds.max_depth };
+    let mut depth = Depth { now: 0, max: bounds.max_depth, cube: 0 };
     let flow = match statement {
         DFStatement::Statement(s) => s.visit(&mut depth),
         DFStatement::Explain(e) => return check_depth(&e.statement, bounds),
@@ -451,6 +495,12 @@ mod tests {
         assert!(matches!(check_bounded(&"SELECT 1 ".repeat(200_000), &bounds), Err(Refusal::TooComplex(m)) if m.contains("bytes")));
         let unions = vec!["SELECT 1"; 100].join(" UNION ALL ");
         assert!(matches!(check_bounded(&unions, &bounds), Err(Refusal::TooComplex(_))));
+        // Chains the parser keeps flat.
+        let subscripts = format!("SELECT NULL{} AS x", "['a']".repeat(100));
+        assert!(matches!(check_bounded(&subscripts, &bounds), Err(Refusal::TooComplex(_))));
+        let cube = format!("SELECT 1 FROM (VALUES (1)) t(a) GROUP BY CUBE({})", vec!["a"; 13].join(", "));
+        assert!(matches!(check_bounded(&cube, &bounds), Err(Refusal::TooComplex(_))));
+        assert!(matches!(check_bounded(&format!("SELECT $${}$$", "x".repeat(2000)), &bounds), Err(Refusal::TooComplex(_))));
         // Long lists are wide, not deep.
         let list = format!("SELECT 1 WHERE 1 IN ({})", (0..5000).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
         assert!(check_bounded(&list, &bounds).is_ok());

@@ -7,6 +7,7 @@ use crate::on_both;
 use crate::support::{ANALYST, ORDER_EVENTS, ORDERS, SALES, TestServer};
 
 on_both!(
+    rebuilds_in_a_row_while_events_arrive,
     appended_events_become_tables_with_lag_and_quality_in_the_api,
     dead_letters_are_listed_to_the_domain_only,
     an_entity_as_it_was_at_a_position_or_a_time,
@@ -153,6 +154,28 @@ async fn an_entity_as_it_was_at_a_position_or_a_time(s: &TestServer) {
 }
 
 /// Asks for a command and waits for its end.
+/// Rebuild after rebuild while events keep arriving: every one finishes,
+/// and appends never wait on a rebuild's progress reports (they once
+/// deadlocked on SQLite's write lock, found by schemathesis).
+async fn rebuilds_in_a_row_while_events_arrive(s: &TestServer) {
+    assert_eq!(s.publish(Some(SALES), ORDERS).await.0, 201);
+    let lines: Vec<&str> = ORDER_EVENTS.lines().collect();
+    let (first, rest) = lines.split_at(lines.len() / 2);
+    let (status, _) = s.append(Some(SALES), "sales/orders", "application/x-ndjson", first.join("\n")).await;
+    assert_eq!(status, 201);
+    let chunks: Vec<String> = rest.chunks(rest.len() / 6 + 1).map(|c| c.join("\n")).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let appended = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            s.append(Some(SALES), "sales/orders", "application/x-ndjson", chunk.clone()),
+        );
+        let (rebuilt, appended) = tokio::join!(run_command(s, "rebuild"), appended);
+        assert_eq!(rebuilt["state"], "done", "rebuild {i}: {rebuilt:#}");
+        let (status, body) = appended.unwrap_or_else(|_| panic!("append {i} waited more than 30 s beside a rebuild"));
+        assert_eq!(status, 201, "{body}");
+    }
+}
+
 async fn run_command(s: &TestServer, kind: &str) -> Value {
     let (status, command) = s
         .call(

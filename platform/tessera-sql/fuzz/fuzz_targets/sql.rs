@@ -20,8 +20,9 @@ fn state() -> &'static SessionState {
     STATE.get_or_init(|| {
         let mut config = SessionConfig::new().with_information_schema(true);
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
-        let mut builder = SessionStateBuilder::new().with_config(config).with_default_features();
-        builder.scalar_functions().get_or_insert_with(Vec::new).extend(tessera_sql::guard::guarded_functions(64 << 10));
+        let bounded = Arc::new(tessera_sql::guard::Bounded::new(64 << 10));
+        let mut builder = SessionStateBuilder::new().with_config(config).with_default_features().with_analyzer_rule(Arc::clone(&bounded) as _);
+        builder.scalar_functions().get_or_insert_with(Vec::new).extend(bounded.functions().iter().cloned());
         let ctx = SessionContext::new_with_state(builder.build());
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, false),
