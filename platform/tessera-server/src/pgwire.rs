@@ -50,7 +50,7 @@ use tessera_query::sandbox::{self, Refusal};
 use tessera_query::{Audit, ErrorKind, QueryError, Session};
 use tessera_store::Principal;
 
-use crate::AppState;
+use crate::state::AppState;
 
 type DfStmt = (String, Option<(Statement, LogicalPlan)>);
 

@@ -29,7 +29,8 @@ use tessera_query::{ErrorKind, QueryError, Rows};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::{AppState, Caller};
+use crate::extract::Caller;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +78,11 @@ impl Format {
             format!("cannot answer in `{accept}`; ask for one of: {}", offered.join(", ")),
         ))
     }
+}
+
+/// `POST /sql` and the audit log.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/sql", axum::routing::post(post_sql)).route("/audit", axum::routing::get(audit_log))
 }
 
 /// A query error as an HTTP error.

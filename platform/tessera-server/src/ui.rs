@@ -5,8 +5,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::ApiPath;
 use crate::error::ApiError;
+use crate::extract::ApiPath;
+use crate::state::AppState;
 
 /// Every asset: its name under `/ui/`, media type and bytes.
 const ASSETS: [(&str, &str, &str); 3] = [
@@ -32,6 +33,11 @@ fn page(media: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /`: the single page; it routes by the URL's fragment.
+/// The page at `/` and its files under `/ui/`.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/", axum::routing::get(index)).route("/ui/{file}", axum::routing::get(asset))
+}
+
 pub(crate) async fn index() -> Response {
     page("text/html; charset=utf-8", INDEX)
 }

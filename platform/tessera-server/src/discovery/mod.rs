@@ -25,7 +25,8 @@ use tessera_projection::lineage::{Derived, Lineage};
 use tessera_store::{Principal, Store};
 
 use crate::error::ApiError;
-use crate::{ApiPath, AppState, Caller};
+use crate::extract::{ApiPath, Caller};
+use crate::state::AppState;
 
 /// How long a search may use the index before checking the catalog for
 /// newly published versions (other processes publish too).
@@ -115,6 +116,24 @@ fn bad_query(e: impl std::fmt::Display, usage: &str) -> ApiError {
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 /// Who the caller is, as the UI shows it after sign-in.
+/// The catalog: search, who you are, the API's description, and a
+/// product's versions, changelog, lineage, freshness, quality, sample rows
+/// and volume.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/products/{domain}/{name}/versions", get(versions))
+        .route("/products/{domain}/{name}/changelog", get(changelog))
+        .route("/products/{domain}/{name}/lineage", get(lineage))
+        .route("/products/{domain}/{name}/freshness", get(freshness))
+        .route("/products/{domain}/{name}/quality", get(quality))
+        .route("/products/{domain}/{name}/sample", get(sample))
+        .route("/products/{domain}/{name}/volume", get(volume))
+        .route("/search", get(search))
+        .route("/me", get(me))
+        .route("/openapi.json", get(openapi))
+}
+
 pub(crate) async fn me(Caller(caller): Caller) -> Json<Value> {
     Json(json!({
         "name": caller.name,

@@ -1,0 +1,71 @@
+//! What every handler shares: the store, the principals by token, the
+//! projectors, the SQL engine and the catalog's search index.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tessera_store::principals::hash_token;
+use tessera_store::{Principal, Store};
+
+use crate::discovery;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Principals by token hash.
+    principals: Arc<RwLock<HashMap<String, Principal>>>,
+    pub max_body_bytes: usize,
+    /// The projectors of this process, when it runs them.
+    pub projections: Option<tessera_projection::Projections>,
+    /// The SQL engine, when a warehouse is configured.
+    pub engine: Option<tessera_query::Engine>,
+    /// The catalog's search index.
+    pub discovery: discovery::Discovery,
+}
+
+impl AppState {
+    pub async fn new(store: Store, max_body_bytes: usize) -> Result<Self, tessera_store::Error> {
+        let state = Self {
+            store,
+            principals: Arc::default(),
+            max_body_bytes,
+            projections: None,
+            engine: None,
+            discovery: discovery::Discovery::default(),
+        };
+        state.reload_principals().await?;
+        Ok(state)
+    }
+
+    /// Serves the state of these projectors too.
+    pub fn with_projections(mut self, projections: tessera_projection::Projections) -> Self {
+        self.projections = Some(projections);
+        self
+    }
+
+    /// Serves SQL through this engine.
+    pub fn with_engine(mut self, engine: tessera_query::Engine) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// The principal of a token, if any has it.
+    pub fn principal_of_token(&self, token: &str) -> Option<Principal> {
+        self.principal_for(token)
+    }
+
+    /// Re-reads the principals from the catalog.
+    pub async fn reload_principals(&self) -> Result<(), tessera_store::Error> {
+        let records = self.store.principals().await?;
+        let map = records.into_iter().map(|r| (r.token_sha256, r.principal)).collect();
+        if let Ok(mut principals) = self.principals.write() {
+            *principals = map;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn principal_for(&self, token: &str) -> Option<Principal> {
+        self.principals.read().ok()?.get(&hash_token(token)).cloned()
+    }
+}
