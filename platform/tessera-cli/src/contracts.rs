@@ -22,21 +22,25 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
 }
 
 fn lint_file(path: &Path, policy: &Policy) -> Result<Linted> {
+    Ok(lint_read(path, policy)?.0)
+}
+
+/// A file's bytes and what lint says of them.
+fn lint_read(path: &Path, policy: &Policy) -> Result<(Linted, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(tessera_contract::lint_bytes(&bytes, policy))
+    Ok((tessera_contract::lint_bytes(&bytes, policy), bytes))
 }
 
 /// Adds what the platform will do with the contract's derived tables (which
 /// are views, and why): information from planning their queries.
-fn add_lineage(linted: &mut Linted, path: &Path) -> Result<()> {
+fn add_lineage(linted: &mut Linted, text: &[u8]) -> Result<()> {
     let Some(contract) = linted.contract.as_ref().filter(|_| !linted.has_errors()) else { return Ok(()) };
     if !contract.tables.values().any(|t| matches!(t.projection, tessera_contract::model::Projection::Sql { .. })) {
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_current_thread().build().context("cannot start the async runtime")?;
     let lineage = runtime.block_on(tessera_projection::lineage::analyze(contract));
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    linted.diagnostics.extend(tessera_projection::lineage::view_diagnostics(&lineage, &text));
+    linted.diagnostics.extend(tessera_projection::lineage::view_diagnostics(&lineage, &String::from_utf8_lossy(text)));
     linted.diagnostics.sort_by_key(|d| (d.position, d.code));
     Ok(())
 }
@@ -47,8 +51,8 @@ pub fn lint(files: &[std::path::PathBuf], policy: Option<&Path>, format: Format)
     let (mut errors, mut warnings) = (0, 0);
     let mut reports = Vec::new();
     for path in files {
-        let mut linted = lint_file(path, &policy)?;
-        add_lineage(&mut linted, path)?;
+        let (mut linted, bytes) = lint_read(path, &policy)?;
+        add_lineage(&mut linted, &bytes)?;
         failed |= linted.has_errors();
         errors += linted.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
         warnings += linted.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();

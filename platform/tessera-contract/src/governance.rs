@@ -59,9 +59,11 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                 let Some(col) = table.columns.get(col_name) else {
                     continue;
                 };
-                // The source's classification: a payload field's own (or its
-                // classified parent object's); a metadata key's by the naming
-                // heuristics, since metadata has no schema to declare it in.
+                let column_error = |message: String, help: String| {
+                    Diagnostic::error(Code::GovernanceWeakerThanSource, format!("/tables/{table_name}/columns/{col_name}"), message)
+                        .at_key()
+                        .help(help)
+                };
                 // A whole object or array copied into a struct or list
                 // column: each classified field inside it must land in a
                 // field masked at least as strictly.
@@ -69,22 +71,20 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                     for (within, class) in payload::classified_within(&event.schema, path) {
                         let weaker = weaker_nested(policy, col, &within, class);
                         if !weaker.is_empty() {
-                            out.push(
-                                Diagnostic::error(
-                                    Code::GovernanceWeakerThanSource,
-                                    format!("/tables/{table_name}/columns/{col_name}"),
-                                    format!(
-                                        "column `{col_name}` is filled from `{source}`, whose field `{}` is {class}, but its field is masked less strictly: {}",
-                                        within.join("."),
-                                        weaker.join("; ")
-                                    ),
-                                )
-                                .at_key()
-                                .help(format!("add `classification: {class}` to that field of the column")),
-                            );
+                            out.push(column_error(
+                                format!(
+                                    "column `{col_name}` is filled from `{source}`, whose field `{}` is {class}, but its field is masked less strictly: {}",
+                                    within.join("."),
+                                    weaker.join("; ")
+                                ),
+                                format!("add `classification: {class}` to that field of the column"),
+                            ));
                         }
                     }
                 }
+                // The source's classification: a payload field's own (or its
+                // classified parent object's); a metadata key's by the naming
+                // heuristics, since metadata has no schema to declare it in.
                 let source_class = match source {
                     Source::Payload(path) => payload::resolve(&event.schema, path).ok().and_then(|f| f.classification),
                     Source::Metadata(key) => policy.suspect(key),
@@ -95,18 +95,13 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                 };
                 let weaker = weaker_than(policy, col, source_class);
                 if !weaker.is_empty() {
-                    out.push(
-                        Diagnostic::error(
-                            Code::GovernanceWeakerThanSource,
-                            format!("/tables/{table_name}/columns/{col_name}"),
-                            format!(
-                                "column `{col_name}` is filled from `{source}` ({source_class}) but is masked less strictly: {}",
-                                weaker.join("; ")
-                            ),
-                        )
-                        .at_key()
-                        .help(format!("add `classification: {source_class}` to the column")),
-                    );
+                    out.push(column_error(
+                        format!(
+                            "column `{col_name}` is filled from `{source}` ({source_class}) but is masked less strictly: {}",
+                            weaker.join("; ")
+                        ),
+                        format!("add `classification: {source_class}` to the column"),
+                    ));
                 }
             }
         }

@@ -162,7 +162,7 @@ pub async fn analyze(contract: &Contract) -> Lineage {
             // A cycle (refused by lint): what is left cannot be analyzed.
             None => pending.remove(0),
         };
-        let derived = match analyze_one(contract, query, &lineage).await {
+        let mut derived = match analyze_one(contract, query, &lineage).await {
             Ok(d) => d,
             Err(e) => Derived {
                 served: Served::View,
@@ -173,7 +173,6 @@ pub async fn analyze(contract: &Contract) -> Lineage {
             },
         };
         // The table's own declared classifications count too.
-        let mut derived = derived;
         if let Some(spec) = contract.tables.get(name) {
             for (col, c) in &spec.columns {
                 if let Some(class) = classification_of(c) {
