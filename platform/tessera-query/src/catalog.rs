@@ -160,11 +160,10 @@ impl Catalog {
     /// Registers the bounded functions, and the rule that keeps every plan
     /// under them, in a session being built.
     pub fn bound(&self, builder: SessionStateBuilder) -> SessionStateBuilder {
-        let Some(bounded) = &self.bounded else { return builder };
-        let mut builder = builder.with_analyzer_rule(Arc::clone(bounded) as _);
-        // Registered last, so they win over the built-ins of the same names.
-        builder.scalar_functions().get_or_insert_with(Vec::new).extend(bounded.functions().iter().cloned());
-        builder
+        match &self.bounded {
+            Some(bounded) => bounded.register(builder),
+            None => builder,
+        }
     }
 
     pub fn policy(&self) -> &Policy {

@@ -64,12 +64,9 @@ impl Limits {
     /// The largest value a function may produce (see [`crate::guard`]):
     /// a batch of such values fits the query's memory limit.
     pub fn max_value_bytes(&self) -> usize {
-        (self.memory_bytes / BATCH_ROWS).max(4096)
+        (self.memory_bytes / tessera_sql::budget::BATCH_ROWS).max(4096)
     }
 }
-
-/// Rows per batch, DataFusion's default.
-const BATCH_ROWS: usize = 8192;
 
 /// The stack of the thread that parses and measures SQL text: deep enough
 /// for any tree the token check lets through, reserved lazily.
@@ -370,8 +367,9 @@ impl Session {
             .with_default_catalog_and_schema(crate::catalog::SYSTEM_CATALOG, "default")
             .with_target_partitions(limits.partitions.max(1));
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        let pool = self.engine.admission.pool(limits.memory_bytes);
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(self.engine.admission.pool(limits.memory_bytes))
+            .with_memory_pool(Arc::clone(&pool))
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
             .map_err(|e| self.engine.error(e))?;
@@ -388,8 +386,14 @@ impl Session {
             .with_table_factories(HashMap::new())
             .with_catalog_list(Arc::clone(&self.catalogs) as _)
             .with_table_functions(functions);
-        // Functions that could allocate without bound are bounded.
-        Ok(self.engine.catalog.bound(builder).build())
+        // What DataFusion's operators do not reserve is reserved in the query's
+        // pool, and functions that could allocate without bound are bounded,
+        // what they produce reserved.
+        let ledger = Arc::new(tessera_sql::budget::Ledger::new(pool, limits.partitions));
+        let builder = builder
+            .with_physical_optimizer_rule(Arc::new(tessera_sql::budget::Metering::new(limits.memory_bytes).releasing(Arc::clone(&ledger))));
+        let bounded = Arc::new(tessera_sql::guard::Bounded::metered(limits.max_value_bytes(), ledger));
+        Ok(bounded.register(builder).build())
     }
 
     /// The `as_of` table function over tables [`Session::resolve_as_of`] opened.
@@ -436,9 +440,11 @@ impl Session {
     /// physical plan.
     pub async fn plan(&self, statement: DFStatement, as_of: &[AsOf]) -> Result<Planned, QueryError> {
         let resolved = self.resolve_as_of(as_of).await?;
-        let state = self.state(resolved)?;
+        let mut state = self.state(resolved)?;
         let logical = state.statement_to_plan(statement).await.map_err(|e| self.engine.error(e))?;
         verify_read_only(&logical)?;
+        // A statement that gathers groups into values runs in smaller batches.
+        tessera_sql::budget::size_batches(state.config_mut().options_mut(), &logical, self.engine.limits.memory_bytes);
         let physical = state.create_physical_plan(&logical).await.map_err(|e| self.engine.error(e))?;
         Ok(Planned { physical, logical, state })
     }

@@ -8,7 +8,7 @@
 //! writer (`audit`). Knows nothing of HTTP or the PostgreSQL protocol: the
 //! server speaks those and calls [`Engine`].
 
-pub use tessera_sql::{guard, sandbox};
+pub use tessera_sql::{budget, guard, sandbox};
 
 pub mod admission;
 pub mod audit;

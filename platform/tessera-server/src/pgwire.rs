@@ -286,6 +286,7 @@ impl Sandbox {
             context.register_udtf(sandbox::AS_OF, Session::as_of_function(tables));
             let plan = context.state().statement_to_plan(df_statement).await.map_err(|e| engine.error(e))?;
             tessera_query::verify_read_only(&plan)?;
+            size_batches(context, &plan, engine.limits());
             Ok(plan)
         })
         .await
@@ -339,16 +340,26 @@ impl QueryHook for Sandbox {
     async fn handle_extended_query(
         &self,
         statement: &Statement,
-        _plan: &LogicalPlan,
+        plan: &LogicalPlan,
         _params: &ParamValues,
-        _context: &SessionContext,
+        context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         match kind(statement) {
             Kind::Refused(m) => Some(Err(error("ERROR", "25006", m))),
-            _ => None,
+            _ => {
+                // Statements parsed earlier on this connection may run in another order.
+                size_batches(context, plan, self.session.engine().limits());
+                None
+            }
         }
     }
+}
+
+/// The connection's batch size for running `plan` next (see
+/// `tessera_query::budget::batch_rows`): smaller when it gathers groups into values.
+fn size_batches(context: &SessionContext, plan: &LogicalPlan, limits: &tessera_query::Limits) {
+    tessera_query::budget::size_batches(context.state_ref().write().config_mut().options_mut(), plan, limits.memory_bytes);
 }
 
 /// The bounds on a statement's text, then a slot for one more query of the

@@ -311,6 +311,17 @@ async fn hostile_callers(server: &TestServer) {
         "WITH a AS (SELECT repeat('x', 40000) AS s), b AS (SELECT s || s AS s FROM a), c AS (SELECT s || s AS s FROM b) SELECT length(s) AS n FROM c",
         "WITH a AS (SELECT array_repeat(1, 6000) AS l), b AS (SELECT l || l AS l FROM a), c AS (SELECT l || l AS l FROM b) SELECT cardinality(l) AS n FROM c",
         "SELECT length(overlay(repeat('a', 60000) placing repeat('b', 60000) from 2 for 1)) AS n",
+        // Estimated row by row, and for dates and timestamps too.
+        "SELECT cardinality(range(a, b)) AS n FROM (VALUES (0, 2000000000), (2000000000, 2000000000)) t(a, b)",
+        "SELECT cardinality(range(TIMESTAMP '1970-01-01 00:00:00', TIMESTAMP '2100-01-01 00:00:00', INTERVAL '1 second')) AS n",
+        "SELECT cardinality(generate_series(DATE '1970-01-01', DATE '9999-01-01', INTERVAL '1 day')) AS n",
+        // Functions that multiply their arguments.
+        "SELECT cardinality(make_array(repeat('a', 60000), repeat('b', 60000), repeat('c', 60000))) AS n",
+        "SELECT length(array_to_string(array_repeat(1, 8000), repeat('-', 60000))) AS n",
+        "SELECT length(concat_ws(repeat('-', 60000), 'a', 'b', 'c', 'd')) AS n",
+        // Gathering a whole table into one value, and copying it into every row.
+        "SELECT length(string_agg(repeat('s', 1000), ',')) AS n FROM generate_series(1, 2000000) t(x)",
+        "SELECT sum(cardinality(a)) AS n FROM (SELECT array_agg(x) OVER () AS a FROM generate_series(1, 200000) t(x))",
     ] {
         let (status, body) = sql(server, None, q).await;
         assert!(status == 400 || status == 422, "{q}: {status} {body}");
