@@ -39,7 +39,34 @@ pub struct ServeArgs {
     log_json: bool,
 }
 
+/// The C allocator's settings for a server: glibc keeps memory that queries
+/// have freed (an arena for each thread, up to eight per core, and a
+/// threshold for mapping large blocks that rises with every one freed), so
+/// that under many concurrent queries the process grows to about twice what
+/// they reserve. One arena per core and a fixed threshold (large buffers are
+/// mapped, and unmapped when freed) keep resident memory near what the
+/// queries hold (see the memory test of this crate). glibc reads its
+/// settings from the environment when the process starts: the server starts
+/// itself again, once, with them, unless they are set already.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt as _;
+        const TUNED: &str = "TESSERA_ALLOCATOR_TUNED";
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let settings = [("MALLOC_ARENA_MAX", cores.to_string()), ("MALLOC_MMAP_THRESHOLD_", (128 << 10).to_string())];
+        if std::env::var_os(TUNED).is_some() || settings.iter().any(|(name, _)| std::env::var_os(name).is_some()) {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else { return };
+        // Returns only if the process could not be replaced; it then runs as it is.
+        let e = std::process::Command::new(exe).args(std::env::args_os().skip(1)).envs(settings).env(TUNED, "1").exec();
+        eprintln!("note: serving without the allocator's server settings ({e})");
+    }
+}
+
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    tune_allocator();
     init_tracing(args.log_json);
     let mut config = Config::load(args.config.as_deref()).map_err(anyhow::Error::msg)?;
     if let Some(listen) = args.listen {

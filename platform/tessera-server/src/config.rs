@@ -20,7 +20,7 @@
 //! query_concurrency = 8        # queries running at once in this server
 //! query_concurrency_per_principal = 4  # ... for one signed-in principal
 //! query_concurrency_public = 2 # ... for all anonymous callers together
-//! query_memory_budget_mb = 2048 # the memory all running queries share
+//! query_memory_budget_mb = 2048 # what all running queries may add to the server's memory
 //!
 //! [[principals]]
 //! name = "sales-bot"

@@ -5,6 +5,7 @@
 mod browser;
 mod contracts;
 mod crash;
+mod memory;
 mod samples;
 mod serve;
 
