@@ -236,14 +236,32 @@ fn concurrent_hostile_queries_stay_within_the_memory_budget() {
         "some queries ran into the memory limit (else this test does not test it)"
     );
 
-    // Still serving, over both protocols.
+    // Still serving, over both protocols. A query past its deadline has
+    // been answered, but may hold its slot until the batch it is computing
+    // is done: a slot taken is told to retry, and is retried.
     runtime.block_on(async {
-        let (status, code) = http(&client, &server.base, None, "SELECT 1 + 1 AS two").await;
-        assert_eq!(status, 200, "{code}");
         let r = client.get(format!("{}/healthz", server.base)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200);
+        let since = Instant::now();
+        loop {
+            let (status, code) = http(&client, &server.base, None, "SELECT 1 + 1 AS two").await;
+            if status == 429 && since.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            assert_eq!(status, 200, "{code}");
+            break;
+        }
     });
-    let (ok, out) = psql(server.pg_port, "analyst", &analyst, "SELECT 1 + 1");
+    let since = Instant::now();
+    let (ok, out) = loop {
+        let (ok, out) = psql(server.pg_port, "analyst", &analyst, "SELECT 1 + 1");
+        if !ok && out.contains("at once") && since.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        break (ok, out);
+    };
     assert!(ok && out.trim() == "2", "{out}");
 
     let growth_mib = peak_kib.saturating_sub(baseline_kib) >> 10;
