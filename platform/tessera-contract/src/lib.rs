@@ -27,6 +27,7 @@ pub mod model;
 pub mod odcs;
 pub mod payload;
 pub mod policy;
+pub mod seal;
 pub mod source;
 pub mod sql;
 pub mod structure;

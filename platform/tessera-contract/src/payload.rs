@@ -31,7 +31,7 @@ pub struct Unresolved {
 }
 
 /// Follows `$ref` to local definitions.
-fn deref<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
+pub(crate) fn deref<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
     for _ in 0..MAX_REF_HOPS {
         match node.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
             Some(target) => match root.pointer(target) {
@@ -81,7 +81,7 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn properties(node: &Value) -> Option<&Map<String, Value>> {
+pub(crate) fn properties(node: &Value) -> Option<&Map<String, Value>> {
     node.get("properties").and_then(Value::as_object)
 }
 
@@ -89,7 +89,7 @@ fn is_required(node: &Value, name: &str) -> bool {
     node.get("required").and_then(Value::as_array).is_some_and(|r| r.iter().any(|v| v.as_str() == Some(name)))
 }
 
-fn class_of(node: &Value) -> Option<&str> {
+pub(crate) fn class_of(node: &Value) -> Option<&str> {
     node.get("classification").and_then(Value::as_str)
 }
 

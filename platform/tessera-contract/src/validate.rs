@@ -194,8 +194,18 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
             .help("add `upcasters: [{ from: N, steps: [...] }]` for each older version, so that old events can still be read"),
         );
     }
+    // Where each upcaster is in the file (the model keeps them sorted).
+    let in_file: BTreeMap<u32, usize> = upcasters.iter().enumerate().map(|(i, u)| (u.from, i)).collect();
     upcasters.sort_by_key(|u| u.from);
-    EventType { description: e.description, version: e.version, subject, schema: e.schema, upcasters }
+    let event = EventType { description: e.description, version: e.version, subject, schema: e.schema, upcasters };
+    // Classified fields are stored sealed: an upcaster may move them, never look inside.
+    for (u, s, why) in crate::seal::upcaster_conflicts(&event) {
+        let index = event.upcasters.get(u).and_then(|x| in_file.get(&x.from)).copied().unwrap_or(u);
+        cx.push(Diagnostic::error(Code::UpcastInvalid, format!("{at}/upcasters/{index}/steps/{s}"), why).help(
+            "classified values are stored sealed per data subject; rename them with `move`, and change the values in the producer instead",
+        ));
+    }
+    event
 }
 
 fn check_payload_schema(cx: &mut Ctx, at: &str, schema: &Value) {
