@@ -228,7 +228,12 @@ async fn run_async(args: Args) -> Result<()> {
     let scratch = tempfile::tempdir_in(".").context("a scratch directory here")?;
     let dir = scratch.path();
     println!("catalog: {} products, {} runs per query", args.products, args.runs);
-    let store = Store::open(&tessera_store::db::sqlite_url(dir), Policy::builtin()).await?;
+    let store = Store::open(
+        &tessera_store::db::sqlite_url(dir),
+        Policy::builtin(),
+        tessera_store::Kek::parse(&tessera_store::Kek::generate_text()?)?,
+    )
+    .await?;
     let publisher = Principal { name: "bench".into(), roles: vec![Role::Owner], domains: DOMAINS.iter().map(|d| d.to_string()).collect() };
     let started = Instant::now();
     for i in 0..args.products {

@@ -280,7 +280,7 @@ const INSERT: &str = "INSERT INTO events (product_id, contract_version, recorded
 async fn raw_run(args: &Args, backend: Backend, work: &Workload) -> Result<f64> {
     let db = fresh_database(backend, &args.postgres).await?;
     // The platform's own schema and product row, so that the rows are identical.
-    let store = Store::open(&db.url, Policy::builtin()).await?;
+    let store = Store::open(&db.url, Policy::builtin(), tessera_store::Kek::parse(&tessera_store::Kek::generate_text()?)?).await?;
     let owner = Principal { name: "bench-owner".into(), roles: vec![Role::Owner], domains: vec!["sales".into()] };
     store.publish(&owner, &std::fs::read_to_string(repo().join(CONTRACT))?).await?;
     store.close().await;

@@ -202,7 +202,12 @@ fn duckdb(python: &Path, events: &Path, out: &Path, kind: &str) -> Result<f64> {
 
 async fn measure(args: &Args, n: usize) -> Result<Measured> {
     let dir = tempfile::tempdir_in(".").context("a scratch directory here")?;
-    let store = Store::open(&tessera_store::db::sqlite_url(dir.path()), Policy::builtin()).await?;
+    let store = Store::open(
+        &tessera_store::db::sqlite_url(dir.path()),
+        Policy::builtin(),
+        tessera_store::Kek::parse(&tessera_store::Kek::generate_text()?)?,
+    )
+    .await?;
     store.publish(&owner(), &contract("appends", APPEND_TABLE)).await?;
     store.publish(&owner(), &contract("upserts", UPSERT_TABLE)).await?;
     let export_path = dir.path().join("events.ndjson");

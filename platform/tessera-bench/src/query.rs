@@ -239,7 +239,12 @@ async fn prepare(args: &Args, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    let store = Store::open(&tessera_store::db::sqlite_url(dir), Policy::builtin()).await?;
+    let store = Store::open(
+        &tessera_store::db::sqlite_url(dir),
+        Policy::builtin(),
+        tessera_store::Kek::parse(&tessera_store::Kek::generate_text()?)?,
+    )
+    .await?;
     for product in ["sales-orders", "customers-profiles"] {
         let path = crate::repo().join("products").join(product).join("contract.yaml");
         store.publish(&owner(), &std::fs::read_to_string(&path).with_context(|| path.display().to_string())?).await?;

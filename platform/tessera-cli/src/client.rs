@@ -1,5 +1,5 @@
-//! `tessera publish`, `append`, `rebuild`, `compact` and `vacuum`: clients of
-//! a running server.
+//! `tessera publish`, `append`, `rebuild`, `compact`, `vacuum`, `forget` and
+//! `readmit`: clients of a running server.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -75,6 +75,44 @@ async fn exchange(remote: &Remote, request: reqwest::RequestBuilder, what: &str)
         return Ok(None);
     }
     Ok(Some(body))
+}
+
+/// `tessera forget DOMAIN SUBJECT --reason R` (`all` for every domain).
+pub fn forget(domain: &str, subject: &str, reason: &str, remote: &Remote) -> Result<ExitCode> {
+    let mut body = serde_json::json!({ "subject": subject, "reason": reason });
+    if domain != "all" {
+        body["domain"] = Value::from(domain);
+    }
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        let request = remote.request(&client, reqwest::Method::POST, "/api/v1/subjects/forget").json(&body);
+        let Some(answer) = exchange(remote, request, &format!("forget {subject}")).await? else { return Ok(ExitCode::from(1)) };
+        let v: Value = serde_json::from_str(&answer)?;
+        for f in v["forgotten"].as_array().into_iter().flatten() {
+            let what = if f["already"].as_bool() == Some(true) {
+                "already forgotten".to_owned()
+            } else {
+                format!("forgotten, {} key(s) destroyed", f["keys_destroyed"].as_u64().unwrap_or(0))
+            };
+            println!("{} in {}: {what}", f["subject"].as_str().unwrap_or_default(), f["domain"].as_str().unwrap_or_default());
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `tessera readmit DOMAIN SUBJECT`.
+pub fn readmit(domain: &str, subject: &str, remote: &Remote) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        let request = remote
+            .request(&client, reqwest::Method::POST, "/api/v1/subjects/readmit")
+            .json(&serde_json::json!({ "subject": subject, "domain": domain }));
+        if exchange(remote, request, &format!("readmit {subject}")).await?.is_none() {
+            return Ok(ExitCode::from(1));
+        }
+        println!("{subject} in {domain}: re-admitted; its next event gets a new key");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn publish(file: &Path, remote: &Remote) -> Result<ExitCode> {

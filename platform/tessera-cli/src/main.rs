@@ -111,6 +111,26 @@ enum Command {
         #[command(flatten)]
         remote: client::Remote,
     },
+    /// Forget a data subject: destroy its keys, so that every personal value
+    /// of it reads as null everywhere, and refuse new events about it.
+    Forget {
+        /// The domain, or `all` for every domain the token may forget in.
+        domain: String,
+        /// The subject's identifier as events carry it, e.g. CUS-000123.
+        subject: String,
+        /// Why (a request reference, not personal data); kept in the ledger.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Let a forgotten subject back in with a new key (stewards only).
+    Readmit {
+        domain: String,
+        subject: String,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
     /// Sample events for example products.
     Samples {
         #[command(subcommand)]
@@ -164,6 +184,8 @@ fn main() -> ExitCode {
         Command::Rebuild { product, remote } => client::projection_command("rebuild", &product, &remote),
         Command::Compact { product, remote } => client::projection_command("compact", &product, &remote),
         Command::Vacuum { product, remote } => client::projection_command("vacuum", &product, &remote),
+        Command::Forget { domain, subject, reason, remote } => client::forget(&domain, &subject, &reason, &remote),
+        Command::Readmit { domain, subject, remote } => client::readmit(&domain, &subject, &remote),
         Command::Samples { action: SamplesAction::Generate { contract, streams, seed, output } } => {
             samples::generate_command(&contract, streams, seed, output.as_deref())
         }

@@ -117,7 +117,8 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
             .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     }
     let url = config.database_url();
-    let store = Store::open(&url, policy).await?;
+    let kek = config.kek().map_err(anyhow::Error::msg)?;
+    let store = Store::open(&url, policy, kek).await?;
     tracing::info!(database = %tessera_store::db::redact(&url), "catalog and event log open");
     store.sync_principals("config", &config.principal_records().map_err(anyhow::Error::msg)?).await?;
 

@@ -49,15 +49,37 @@ pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<De
         std::fs::create_dir_all(&path)
             .map_err(|e| Error::Schema { table: name.to_owned(), message: format!("cannot create {}: {e}", path.display()) })?;
     }
-    let table = DeltaTable::try_from_url(url.clone())
+    // Statistics (min/max in `_delta_log`) for every column but the sealed
+    // ones: a sealed column's bytes are tokens, and none leave its file.
+    let sealed: Vec<&str> =
+        schema.fields().iter().filter(|f| f.metadata().contains_key(crate::schema::SEALED_TYPE)).map(|f| f.name().as_str()).collect();
+    let stats_columns = schema.fields().iter().map(|f| f.name().as_str()).filter(|n| !sealed.contains(n)).collect::<Vec<_>>().join(",");
+    let mut create = DeltaTable::try_from_url(url.clone())
         .await
         .map_err(delta(url))?
         .create()
         .with_table_name(name)
         .with_columns(kernel.fields().cloned())
-        .with_save_mode(SaveMode::Ignore)
-        .await
-        .map_err(delta(url))?;
+        .with_save_mode(SaveMode::Ignore);
+    if !sealed.is_empty() {
+        create = create.with_configuration_property(deltalake::TableProperty::DataSkippingStatsColumns, Some(stats_columns.clone()));
+    }
+    let mut table = create.await.map_err(delta(url))?;
+    let configured: Option<Vec<String>> = table
+        .snapshot()
+        .map_err(delta(url))?
+        .table_config()
+        .data_skipping_stats_columns
+        .as_ref()
+        .map(|columns| columns.iter().map(|c| c.to_string()).collect());
+    // A table made before its columns were sealed, or one that gained a sealed column.
+    let stale = match &configured {
+        None => !sealed.is_empty(),
+        Some(columns) => columns.iter().any(|c| sealed.contains(&c.as_str())),
+    };
+    if stale {
+        table = table.set_tbl_properties().with_properties([(STATS_COLUMNS.to_owned(), stats_columns)].into()).await.map_err(delta(url))?;
+    }
     let current = table.snapshot().map_err(delta(url))?.schema();
     let missing: Vec<_> = kernel.fields().filter(|f| current.field(f.name()).is_none()).cloned().collect();
     if missing.is_empty() {
@@ -75,6 +97,9 @@ pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<De
     tracing::info!(table = name, columns = ?missing.iter().map(|f| f.name()).collect::<Vec<_>>(), "adding columns");
     table.add_columns().with_fields(missing).await.map_err(delta(url))
 }
+
+/// The table property naming the columns that get statistics.
+const STATS_COLUMNS: &str = "delta.dataSkippingStatsColumns";
 
 /// The columns of `schema` whose type differs from the table's: a minor
 /// contract version that widens a column's type needs the table rewritten

@@ -251,7 +251,12 @@ fn keyed(
             .iter()
             .map(|k| {
                 let column = &spec.columns[k];
-                cell(row.get(k.as_str()).cloned(), column).unwrap_or(Value::Null)
+                // A sealed cell reads back as it was written (see `values::cell`).
+                if tessera_contract::seal::is_sealed(column) {
+                    row.get(k.as_str()).cloned().unwrap_or(Value::Null)
+                } else {
+                    cell(row.get(k.as_str()).cloned(), column).unwrap_or(Value::Null)
+                }
             })
             .collect();
         out.insert(Value::from(key_cells).to_string(), row);

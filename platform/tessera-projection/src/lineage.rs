@@ -32,8 +32,6 @@ use tessera_contract::Contract;
 use tessera_contract::model::{Column, DataType, Projection};
 use tessera_contract::policy::NONE;
 
-use crate::schema::table_schema;
-
 /// A column of one of the product's tables.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct TableColumn {
@@ -191,7 +189,7 @@ pub async fn analyze(contract: &Contract) -> Lineage {
 async fn analyze_one(contract: &Contract, query: &str, known: &Lineage) -> Result<Derived, String> {
     let ctx = SessionContext::new();
     for (name, table) in &contract.tables {
-        let schema = Arc::new(table_schema(table));
+        let schema = Arc::new(crate::schema::logical_schema(table));
         ctx.register_table(name.as_str(), Arc::new(EmptyTable::new(schema))).map_err(|e| e.to_string())?;
     }
     let plan = ctx.state().create_logical_plan(query).await.map_err(|e| e.find_root().to_string())?;

@@ -26,12 +26,73 @@ pub fn source_value(source: &Source, event: &StoredEvent) -> Option<Value> {
 }
 
 /// Checks a value against a column and returns it in the form the Arrow
-/// JSON decoder reads for that type; `Err` says why it does not fit.
+/// JSON decoder reads for the column's stored type; `Err` says why it does
+/// not fit. A sealed column's cell is the hex of its JSON text (what the
+/// decoder reads as `binary`), tokens and all: sealed parts are checked at
+/// append, and again, opened, by readers ([`opened_cell`]).
 pub fn cell(value: Option<Value>, column: &Column) -> Result<Value, String> {
     match value {
         None | Some(Value::Null) if column.required => Err("is required but has no value".into()),
         None | Some(Value::Null) => Ok(Value::Null),
+        Some(v) if tessera_contract::seal::is_sealed(column) => {
+            let v = with_tokens(v, column)?;
+            Ok(Value::String(hex::encode(v.to_string())))
+        }
         Some(v) => typed(v, &column.data_type),
+    }
+}
+
+/// A sealed column's value, opened, in the form the Arrow JSON decoder
+/// reads for the column's type in the contract.
+pub fn opened_cell(value: Value, column: &Column) -> Result<Value, String> {
+    match value {
+        Value::Null => Ok(Value::Null),
+        v => typed(v, &column.data_type),
+    }
+}
+
+/// The JSON text of a sealed column's stored cell (hex, as [`cell`] makes it).
+pub fn sealed_json(hex_text: &str) -> Option<Value> {
+    serde_json::from_slice(&hex::decode(hex_text).ok()?).ok()
+}
+
+fn is_token(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.starts_with("tsr1."))
+}
+
+/// `v` checked against `column`, where any part may be a token.
+fn with_tokens(v: Value, column: &Column) -> Result<Value, String> {
+    if is_token(&v) {
+        return Ok(v);
+    }
+    match &column.data_type {
+        DataType::Struct(columns) => {
+            let Value::Object(mut object) = v else { return Err(format!("{} does not fit type struct", describe(&v))) };
+            let mut out = Map::new();
+            for (name, column) in columns {
+                let value = match object.remove(name.as_str()) {
+                    None | Some(Value::Null) if column.required => Err("is required but has no value".to_owned()),
+                    None | Some(Value::Null) => Ok(Value::Null),
+                    Some(x) => with_tokens(x, column),
+                };
+                out.insert(name.to_string(), value.map_err(|e| format!("field `{name}` {e}"))?);
+            }
+            Ok(Value::Object(out))
+        }
+        DataType::List(item) => {
+            let Value::Array(items) = v else { return Err(format!("{} does not fit type list", describe(&v))) };
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| match x {
+                    Value::Null if item.required => Err(format!("item {i} is required but has no value")),
+                    Value::Null => Ok(Value::Null),
+                    x => with_tokens(x, item).map_err(|e| format!("item {i} {e}")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array)
+        }
+        t => typed(v, t),
     }
 }
 

@@ -26,7 +26,7 @@ use tessera_store::{Principal, Store};
 use url::Url;
 
 use crate::mask::{HashKey, Mask};
-use crate::table::{MaskedTable, ServedColumn};
+use crate::table::{MaskedTable, ServedColumn, Unsealer};
 
 /// One served generation of a product: a schema of the SQL catalog.
 #[derive(Debug, Clone)]
@@ -382,12 +382,19 @@ impl Catalog {
                     }
                     _ => Mask::for_column(policy, column, &|c| strategy_for(policy, c, roles))?,
                 };
-                Some(ServedColumn { raw_index, mask })
+                let sealed = (tessera_contract::seal::is_sealed(column) && is_binary(field.data_type())).then(|| Arc::new(column.clone()));
+                Some(ServedColumn { raw_index, mask, sealed })
             })
             .collect();
         let name = format!("{}.{}.{}", generation.domain, generation.schema_name(), table);
-        Ok(Some(Arc::new(MaskedTable::new(name, raw, columns, self.key.for_domain(&generation.domain))?)))
+        let unsealer = Some(Unsealer { store: self.store.clone(), domain: generation.domain.clone() });
+        Ok(Some(Arc::new(MaskedTable::new(name, raw, columns, self.key.for_domain(&generation.domain), unsealer)?)))
     }
+}
+
+/// Whether a stored column holds bytes (a sealed column does).
+fn is_binary(t: &arrow::datatypes::DataType) -> bool {
+    matches!(t, arrow::datatypes::DataType::Binary | arrow::datatypes::DataType::LargeBinary | arrow::datatypes::DataType::BinaryView)
 }
 
 fn delta_error(e: deltalake::DeltaTableError) -> DataFusionError {
@@ -513,14 +520,16 @@ impl SchemaProvider for ProductSchema {
 
 /// Rows of `table` (as JSON objects, the way the projection's history
 /// gives them) masked for a caller with `roles`: the same masks as SQL,
-/// applied through the same Arrow kernels. Columns the caller may not be
-/// served are left out.
-pub fn mask_rows(
+/// applied through the same Arrow kernels, sealed columns opened by the
+/// same code as the masked scan. Columns the caller may not be served are
+/// left out.
+pub async fn mask_rows(
     policy: &Policy,
     key: &HashKey,
     spec: &tessera_contract::model::Table,
     roles: &[Role],
     rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    opener: &mut tessera_store::Opener,
 ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
     if rows.is_empty() {
         return Ok(rows);
@@ -534,8 +543,14 @@ pub fn mask_rows(
     for (field, array) in schema.fields().iter().zip(batch.columns()) {
         let Some(column) = spec.columns.iter().find(|(n, _)| n.as_str() == field.name()).map(|(_, c)| c) else { continue };
         let Some(mask) = Mask::for_column(policy, column, &|c| strategy_for(policy, c, roles)) else { continue };
-        columns.push(mask.apply(array, key)?);
-        fields.push(mask.field(field));
+        if tessera_contract::seal::is_sealed(column) {
+            let served = mask.field(&tessera_projection::schema::logical_field(field.name(), column).with_nullable(true));
+            columns.push(crate::unseal::column(array, column, &mask, &served, key, opener).await?);
+            fields.push(served);
+        } else {
+            columns.push(mask.apply(array, key)?);
+            fields.push(mask.field(field));
+        }
     }
     let masked = arrow::array::RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
     tessera_projection::history::json_rows("masked", &masked.schema(), &[masked])

@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod engine;
 pub mod mask;
 pub mod table;
+pub mod unseal;
 pub mod view;
 
 pub use admission::{Admission, Concurrency, Permit};

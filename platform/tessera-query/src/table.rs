@@ -35,6 +35,17 @@ use crate::mask::{HashKey, Mask};
 pub struct ServedColumn {
     pub raw_index: usize,
     pub mask: Mask,
+    /// For a sealed column (stored as tokens, see `tessera_projection::schema`),
+    /// the column as the contract types it: the scan opens its tokens, where
+    /// the mask needs the value, just before masking.
+    pub sealed: Option<Arc<tessera_contract::model::Column>>,
+}
+
+/// What opens a table's sealed columns: the store's keys of the product's domain.
+#[derive(Debug, Clone)]
+pub struct Unsealer {
+    pub store: tessera_store::Store,
+    pub domain: String,
 }
 
 /// A product table, masked for one caller.
@@ -49,12 +60,19 @@ pub struct MaskedTable {
     /// reach the raw scan.
     clear: HashSet<String>,
     key: HashKey,
+    unsealer: Option<Unsealer>,
 }
 
 impl MaskedTable {
     /// `columns` are the served columns in order; every other raw column is
-    /// not served.
-    pub fn new(name: String, raw: Arc<dyn TableProvider>, columns: Vec<ServedColumn>, key: HashKey) -> Result<Self> {
+    /// not served. A table with sealed columns needs an `unsealer`.
+    pub fn new(
+        name: String,
+        raw: Arc<dyn TableProvider>,
+        columns: Vec<ServedColumn>,
+        key: HashKey,
+        unsealer: Option<Unsealer>,
+    ) -> Result<Self> {
         let raw_schema = raw.schema();
         let mut fields = Vec::with_capacity(columns.len());
         let mut clear = HashSet::new();
@@ -63,12 +81,25 @@ impl MaskedTable {
                 .fields()
                 .get(c.raw_index)
                 .ok_or_else(|| DataFusionError::Internal(format!("table {name} has no column {} to serve", c.raw_index)))?;
-            if c.mask == Mask::Clear {
-                clear.insert(field.name().clone());
+            match &c.sealed {
+                // Opened, it has the contract's type; a forgotten subject's value is null.
+                Some(column) => {
+                    if unsealer.is_none() {
+                        return Err(DataFusionError::Internal(format!("table {name} has sealed columns and nothing to open them")));
+                    }
+                    let logical = tessera_projection::schema::logical_field(field.name(), column).with_nullable(true);
+                    fields.push(c.mask.field(&logical));
+                }
+                None => {
+                    // Filters on sealed columns never reach the raw scan: they would see tokens.
+                    if c.mask == Mask::Clear {
+                        clear.insert(field.name().clone());
+                    }
+                    fields.push(c.mask.field(field));
+                }
             }
-            fields.push(c.mask.field(field));
         }
-        Ok(Self { name, raw, schema: Arc::new(Schema::new(fields)), columns, clear, key })
+        Ok(Self { name, raw, schema: Arc::new(Schema::new(fields)), columns, clear, key, unsealer })
     }
 
     /// `domain.product.table`.
@@ -127,7 +158,7 @@ impl TableProvider for MaskedTable {
         for i in &chosen {
             let c = self.columns.get(*i).ok_or_else(|| DataFusionError::Internal(format!("table {} has no column {i}", self.name)))?;
             raw_projection.push(c.raw_index);
-            masks.push(c.mask.clone());
+            masks.push(ColumnMask { mask: c.mask.clone(), sealed: c.sealed.clone() });
         }
         // Only filters on clear columns go down, without their qualifier
         // (the raw table knows its columns by name alone).
@@ -136,7 +167,7 @@ impl TableProvider for MaskedTable {
         // A limit is only given when every filter is exact, which ours never are.
         let raw = self.raw.scan(state, Some(&raw_projection), &pushed, if filters.is_empty() { limit } else { None }).await?;
         let schema = Arc::new(self.schema.project(&chosen)?);
-        Ok(Arc::new(MaskedScanExec::new(self.name.clone(), raw, masks, schema, self.key.clone())))
+        Ok(Arc::new(MaskedScanExec::new(self.name.clone(), raw, masks, schema, self.key.clone(), self.unsealer.clone())))
     }
 }
 
@@ -155,14 +186,29 @@ fn unqualified(expr: Expr) -> Result<Expr> {
 pub struct MaskedScanExec {
     name: String,
     raw: Arc<dyn ExecutionPlan>,
-    masks: Vec<Mask>,
+    masks: Vec<ColumnMask>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     key: HashKey,
+    unsealer: Option<Unsealer>,
+}
+
+/// How one column of a scan is masked (and opened first, when sealed).
+#[derive(Debug, Clone)]
+struct ColumnMask {
+    mask: Mask,
+    sealed: Option<Arc<tessera_contract::model::Column>>,
 }
 
 impl MaskedScanExec {
-    fn new(name: String, raw: Arc<dyn ExecutionPlan>, masks: Vec<Mask>, schema: SchemaRef, key: HashKey) -> Self {
+    fn new(
+        name: String,
+        raw: Arc<dyn ExecutionPlan>,
+        masks: Vec<ColumnMask>,
+        schema: SchemaRef,
+        key: HashKey,
+        unsealer: Option<Unsealer>,
+    ) -> Self {
         let partitions = raw.properties().partitioning.partition_count();
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
@@ -170,7 +216,7 @@ impl MaskedScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { name, raw, masks, schema, properties, key }
+        Self { name, raw, masks, schema, properties, key, unsealer }
     }
 
     /// The tables a plan reads, by the names callers use.
@@ -199,8 +245,8 @@ impl DisplayAs for MaskedScanExec {
             .fields()
             .iter()
             .zip(&self.masks)
-            .filter(|(_, m)| **m != Mask::Clear)
-            .map(|(field, m)| format!("{}: {}", field.name(), m.describe()))
+            .filter(|(_, m)| m.mask != Mask::Clear)
+            .map(|(field, m)| format!("{}: {}", field.name(), m.mask.describe()))
             .collect();
         let columns: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
         write!(f, "MaskedScan: table={}, columns=[{}], masked=[{}]", self.name, columns.join(", "), masked.join(", "))
@@ -230,24 +276,47 @@ impl ExecutionPlan for MaskedScanExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let raw = self.raw.execute(partition, context)?;
-        let masks = self.masks.clone();
-        let schema = Arc::clone(&self.schema);
+        let masks = Arc::new(self.masks.clone());
         let key = self.key.clone();
-        let out = Arc::clone(&schema);
-        let stream = raw.map(move |batch| {
-            let batch = batch?;
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(&masks)
-                .map(|(column, mask)| mask.apply(column, &key))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(RecordBatch::try_new_with_options(
-                Arc::clone(&out),
-                columns,
-                &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-            )?)
+        let out = Arc::clone(&self.schema);
+        // One opener per partition: each key is looked up once per scan, and a
+        // forget is seen by the next scan (nothing keeps keys between queries).
+        let opener = self.unsealer.as_ref().map(|u| u.store.opener(&u.domain));
+        let stream = futures::stream::unfold((raw, opener), move |(mut raw, mut opener)| {
+            let (masks, key, out) = (Arc::clone(&masks), key.clone(), Arc::clone(&out));
+            async move {
+                let batch = match raw.next().await? {
+                    Ok(batch) => batch,
+                    Err(e) => return Some((Err(e), (raw, opener))),
+                };
+                let masked = mask_batch(&batch, &masks, &key, opener.as_mut(), &out).await;
+                Some((masked, (raw, opener)))
+            }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream)))
     }
+}
+
+/// Masks every column of a raw batch, opening sealed ones first.
+async fn mask_batch(
+    batch: &RecordBatch,
+    masks: &[ColumnMask],
+    key: &HashKey,
+    mut opener: Option<&mut tessera_store::Opener>,
+    out: &SchemaRef,
+) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(masks.len());
+    for ((column, m), field) in batch.columns().iter().zip(masks).zip(out.fields()) {
+        let masked = match (&m.sealed, opener.as_deref_mut()) {
+            (None, _) => m.mask.apply(column, key)?,
+            (Some(spec), Some(opener)) => crate::unseal::column(column, spec, &m.mask, field, key, opener).await?,
+            (Some(_), None) => return Err(DataFusionError::Internal("a sealed column without an opener".into())),
+        };
+        columns.push(masked);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(out),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
 }

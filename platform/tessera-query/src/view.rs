@@ -21,7 +21,7 @@ use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast};
 use datafusion::prelude::SessionConfig;
 use tessera_contract::model::{Projection, Table};
 use tessera_contract::policy::Role;
-use tessera_projection::schema::table_schema;
+use tessera_projection::schema::logical_schema;
 
 use crate::catalog::{At, Catalog, Generation, strategy_for};
 use crate::mask::Mask;
@@ -86,7 +86,7 @@ pub async fn governed_view(
         .await
         .map_err(|e| DataFusionError::Plan(format!("the derived view `{table}` cannot be planned: {}", e.find_root())))?;
     // The declared columns, by name, in the declared types.
-    let declared = table_schema(spec);
+    let declared = logical_schema(spec);
     let exprs: Vec<Expr> = declared
         .fields()
         .iter()
@@ -101,11 +101,11 @@ pub async fn governed_view(
         .enumerate()
         .filter_map(|(raw_index, column)| {
             let mask = Mask::for_column(policy, column, &|c| strategy_for(policy, c, roles))?;
-            Some(ServedColumn { raw_index, mask })
+            Some(ServedColumn { raw_index, mask, sealed: None })
         })
         .collect();
     let name = format!("{}.{}.{}", generation.domain, generation.schema_name(), table);
-    Ok(Arc::new(MaskedTable::new(name, view, columns, catalog.key(&generation.domain))?))
+    Ok(Arc::new(MaskedTable::new(name, view, columns, catalog.key(&generation.domain), None)?))
 }
 
 /// The tables a derived view's query reads by bare name: the same

@@ -12,6 +12,8 @@
 //! lease_seconds = 10           # another process takes a product's projection over this long after its holder dies
 //! pg_listen = "127.0.0.1:5433" # the PostgreSQL wire protocol; "off" to disable
 //! masking_key = "<secret>"     # HMAC key of the `hash` masking; default: generated once into <data_dir>/masking.key
+//! kek = "<64 hex digits>"      # key-encryption key of the data keys that seal personal values; required with database_url,
+//!                              # else generated once into <data_dir>/kek.key
 //! query_memory_mb = 512        # per query
 //! query_timeout_seconds = 30   # per query, from arrival to last row
 //! query_max_rows = 1000000     # a longer result is cut here (and says so)
@@ -31,7 +33,7 @@
 //!
 //! Environment: `TESSERA_LISTEN`, `TESSERA_DATA_DIR`, `TESSERA_DATABASE_URL`,
 //! `TESSERA_MAX_BODY_BYTES`, `TESSERA_WAREHOUSE`, `TESSERA_RETENTION_HOURS`,
-//! `TESSERA_COMPACT_AFTER_FILES`, `TESSERA_LEASE_SECONDS`, `TESSERA_PG_LISTEN`, `TESSERA_MASKING_KEY`,
+//! `TESSERA_COMPACT_AFTER_FILES`, `TESSERA_LEASE_SECONDS`, `TESSERA_PG_LISTEN`, `TESSERA_MASKING_KEY`, `TESSERA_KEK`,
 //! `TESSERA_QUERY_MEMORY_MB`, `TESSERA_QUERY_TIMEOUT_SECONDS`, `TESSERA_QUERY_MAX_ROWS`, `TESSERA_QUERY_MAX_SQL_BYTES`,
 //! `TESSERA_QUERY_MAX_DEPTH`, `TESSERA_QUERY_CONCURRENCY`, `TESSERA_QUERY_CONCURRENCY_PER_PRINCIPAL`,
 //! `TESSERA_QUERY_CONCURRENCY_PUBLIC`, `TESSERA_QUERY_MEMORY_BUDGET_MB`. S3 credentials and endpoint come
@@ -75,6 +77,13 @@ pub struct Config {
     /// deployment needs the same one (hashes must agree); when unset, one
     /// is generated into `<data_dir>/masking.key` on first start.
     pub masking_key: Option<String>,
+    /// The key-encryption key: wraps the per-subject data keys that seal
+    /// personal values in the log and the tables. It must never be stored
+    /// beside the database (a backup of one must not open the other), every
+    /// process of a deployment needs the same one, and losing it loses every
+    /// personal value. Required when `database_url` is set; for the embedded
+    /// default, generated into `<data_dir>/kek.key` on first start.
+    pub kek: Option<String>,
     /// Memory one query may use, in MiB.
     pub query_memory_mb: usize,
     /// How long one query may run, in seconds.
@@ -111,6 +120,7 @@ impl Default for Config {
             lease_seconds: 10,
             pg_listen: "127.0.0.1:5433".into(),
             masking_key: None,
+            kek: None,
             query_memory_mb: 512,
             query_timeout_seconds: 30,
             query_max_rows: 1_000_000,
@@ -163,6 +173,7 @@ impl Config {
             "lease_seconds",
             "pg_listen",
             "masking_key",
+            "kek",
             "query_memory_mb",
             "query_timeout_seconds",
             "query_max_rows",
@@ -252,6 +263,33 @@ impl Config {
         }
     }
 
+    /// The key-encryption key: configured, or, for the embedded database
+    /// only, the one in `<data_dir>/kek.key` (generated there on first use).
+    pub fn kek(&self) -> Result<tessera_store::Kek, String> {
+        let bad = |e: tessera_store::SealError| format!("kek: {e}");
+        if let Some(k) = &self.kek {
+            return tessera_store::Kek::parse(k).map_err(bad);
+        }
+        if self.database_url.is_some() {
+            return Err(
+                "kek is not set: with database_url, give the key-encryption key (64 hex digits, e.g. from `openssl rand -hex 32`) \
+                 in TESSERA_KEK or `kek` from a secret store; the same key in every process, never stored beside the database"
+                    .into(),
+            );
+        }
+        let path = self.data_dir.join("kek.key");
+        match std::fs::read_to_string(&path) {
+            Ok(k) => tessera_store::Kek::parse(&k).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = tessera_store::Kek::generate_text().map_err(bad)?;
+                std::fs::create_dir_all(&self.data_dir).map_err(|e| format!("cannot create {}: {e}", self.data_dir.display()))?;
+                write_secret(&path, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                tessera_store::Kek::parse(&key).map_err(bad)
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
     /// The configured principals, with their tokens hashed.
     pub fn principal_records(&self) -> Result<Vec<PrincipalRecord>, String> {
         self.principals
@@ -274,4 +312,14 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }

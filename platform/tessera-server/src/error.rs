@@ -121,6 +121,11 @@ impl From<Error> for ApiError {
             Error::TooManyEvents { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message),
             Error::NoEvents => Self::new(StatusCode::BAD_REQUEST, code, message),
             Error::Conflict(_) => Self::new(StatusCode::CONFLICT, code, message),
+            Error::SubjectForgotten { index, ref domain, ref subject } => Self::new(StatusCode::CONFLICT, code, message.clone())
+                .with("index", index)
+                .with("domain", domain.clone())
+                .with("subject", subject.clone()),
+            Error::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, code, message),
         }
     }
 }

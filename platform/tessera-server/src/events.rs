@@ -130,9 +130,11 @@ async fn stream_state(
     let roles = tessera_query::catalog::roles_for(&caller, &domain);
     let catalog = engine.catalog();
     let mut masked = serde_json::Map::new();
+    let mut opener = state.store.opener(&domain);
     for (table, rows) in tables {
         let Some(spec) = contract.tables.iter().find(|(n, _)| n.as_str() == table).map(|(_, t)| t) else { continue };
-        let rows = tessera_query::catalog::mask_rows(catalog.policy(), &catalog.key(&domain), spec, &roles, rows)
+        let rows = tessera_query::catalog::mask_rows(catalog.policy(), &catalog.key(&domain), spec, &roles, rows, &mut opener)
+            .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "masking_error", e.to_string()))?;
         masked.insert(table, Value::Array(rows.into_iter().map(Value::Object).collect()));
     }

@@ -17,6 +17,7 @@ mod products;
 pub mod projection;
 pub mod sql;
 pub mod state;
+mod subjects;
 mod ui;
 
 use axum::extract::State;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(discovery::router())
         .merge(events::router())
         .merge(operations::router())
+        .merge(subjects::router())
         .merge(sql::router());
     Router::new()
         .merge(ui::router())

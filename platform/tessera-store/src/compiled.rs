@@ -6,6 +6,7 @@ use jsonschema::{PatternOptions, Validator};
 use serde_json::Value;
 use tessera_contract::Contract;
 use tessera_contract::model::EventType;
+use tessera_contract::seal::{SealPlan, plan};
 
 use crate::envelope::EventInput;
 use crate::error::EventProblem;
@@ -16,6 +17,8 @@ pub struct Compiled {
     pub contract: Contract,
     pub version: String,
     validators: HashMap<String, Validator>,
+    /// What to seal, per event type and schema version.
+    plans: HashMap<(String, u32), SealPlan>,
 }
 
 impl Compiled {
@@ -31,8 +34,18 @@ impl Compiled {
                 .map_err(|e| format!("the payload schema of `{name}` does not compile: {e}"))?;
             validators.insert(name.to_string(), validator);
         }
+        let plans = contract
+            .events
+            .iter()
+            .flat_map(|(name, event)| (1..=event.version).map(move |v| ((name.to_string(), v), plan(event, v))))
+            .collect();
         let version = contract.version.to_string();
-        Ok(Self { contract, version, validators })
+        Ok(Self { contract, version, validators, plans })
+    }
+
+    /// What to seal in a payload of `event_type` at schema `version`.
+    pub fn plan(&self, event_type: &str, version: u32) -> Option<&SealPlan> {
+        self.plans.get(&(event_type.to_owned(), version))
     }
 
     pub fn event_type(&self, name: &str) -> Option<&EventType> {

@@ -84,11 +84,13 @@ pub async fn connect(url: &str) -> Result<Pools> {
                     match backend {
                         // WAL lets readers run beside the writer;
                         // synchronous=FULL fsyncs the WAL on every commit, so
-                        // that an acknowledged append survives a power cut.
+                        // that an acknowledged append survives a power cut;
+                        // secure_delete zeroes what a delete frees (a
+                        // destroyed data key must not stay in a free page).
                         Backend::Sqlite => {
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
                             )
                             .await?;
                             if writer {

@@ -62,8 +62,15 @@ pub enum Error {
     TooManyEvents { count: usize, max: usize },
     #[error("the request holds no events")]
     NoEvents,
+    #[error(
+        "event {index}: subject `{subject}` of domain `{domain}` was forgotten; new events about it are refused until a steward re-admits it \
+         (POST /api/v1/subjects/readmit)"
+    )]
+    SubjectForgotten { index: usize, domain: String, subject: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 fn errors(d: &[Diagnostic]) -> usize {
@@ -104,6 +111,8 @@ impl Error {
             Self::TooManyEvents { .. } => "too_many_events",
             Self::NoEvents => "no_events",
             Self::Conflict(_) => "conflict",
+            Self::SubjectForgotten { .. } => "subject_forgotten",
+            Self::BadRequest(_) => "bad_request",
         }
     }
 }

@@ -12,6 +12,7 @@ mod compiled;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod keys;
 pub mod log;
 pub mod principals;
 pub mod projections;
@@ -29,9 +30,11 @@ pub use catalog::{ProductSummary, Published, VersionInfo};
 pub use db::Backend;
 pub use envelope::{EventInput, Expected};
 pub use error::{Error, EventProblem, Result};
+pub use keys::{Forgotten, LedgerEntry, Opener};
 pub use log::{AppendOutcome, AppendedEvent, BodyFormat, LogPage, StoredEvent};
 pub use principals::{Principal, PrincipalRecord};
 pub use projections::{Command, DeadLetter, DeadLetterEntry, Generation, QualityResult};
+pub use tessera_seal::{Kek, SealError};
 
 use compiled::Compiled;
 
@@ -74,6 +77,9 @@ struct Inner {
     commit_delay_ms: std::sync::atomic::AtomicU64,
     /// Events appended through this handle, for [`Store::keep_statistics_fresh`].
     appended_since_analyze: std::sync::atomic::AtomicU64,
+    /// Wraps and unwraps the data keys (see [`keys`]); never stored.
+    kek: Kek,
+    seal_cache: keys::SealCache,
 }
 
 impl Drop for Inner {
@@ -86,8 +92,10 @@ impl Drop for Inner {
 
 impl Store {
     /// Opens (and migrates) the database at `url`: `sqlite://PATH?mode=rwc`
-    /// or `postgres://...`.
-    pub async fn open(url: &str, policy: Policy) -> Result<Self> {
+    /// or `postgres://...`. `kek` wraps the data keys that seal personal
+    /// values (see [`keys`]): it must be the same every time a database is
+    /// opened, and is never stored in it.
+    pub async fn open(url: &str, policy: Policy, kek: Kek) -> Result<Self> {
         let db::Pools { backend, read, write } = db::connect(url).await?;
         let (notify, _) = broadcast::channel(1024);
         let store = Self {
@@ -103,8 +111,11 @@ impl Store {
                 tasks: Mutex::new(Vec::new()),
                 commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
                 appended_since_analyze: std::sync::atomic::AtomicU64::new(0),
+                kek,
+                seal_cache: keys::SealCache::default(),
             }),
         };
+        store.reapply_ledger().await?;
         match backend {
             Backend::Sqlite => store.spawn(db::checkpoint(store.inner.pool.clone(), store.inner.checkpoint.clone())),
             Backend::Postgres => store.listen(url).await?,

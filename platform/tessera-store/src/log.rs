@@ -30,7 +30,7 @@
 //! runs many writers with randomly delayed commits against a reader that
 //! checks it never sees a position appear behind its cursor.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -126,6 +126,11 @@ struct Prepared {
     /// An earlier event of the same request with the same id and content:
     /// this one is stored once, as that one.
     repeat_of: Option<usize>,
+    /// The subject whose key seals the payload's classified fields.
+    subject: Option<String>,
+    /// The subject is forgotten: the payload could not be sealed, and the
+    /// event may only be a resend of one already stored.
+    forgotten: bool,
 }
 
 /// A request's events, validated and rendered as the parameters of the
@@ -245,10 +250,10 @@ impl Store {
             )));
         }
         let compiled = self.compiled(&product).await?;
-        // Parsing, validation and rendering are CPU work: keep them off the
-        // async workers, so that a large request does not stall the others
-        // (or a health check).
-        let batch = {
+        // Parsing, validation, sealing and rendering are CPU work: keep them
+        // off the async workers, so that a large request does not stall the
+        // others (or a health check).
+        let prepared = {
             let (compiled, principal) = (compiled.clone(), principal.clone());
             tokio::task::spawn_blocking(move || {
                 let events = events()?;
@@ -263,8 +268,18 @@ impl Store {
             .await
             .map_err(|e| Error::Config(format!("validating the events failed: {e}")))??
         };
+        // Nothing clear reaches the database: each event's classified
+        // fields are sealed under its subject's key.
+        let subjects: BTreeSet<String> = prepared.iter().filter_map(|p| p.subject.clone()).collect();
+        let sealers = self.sealers(domain, &subjects).await?;
+        let batch = {
+            let compiled = compiled.clone();
+            tokio::task::spawn_blocking(move || seal_and_render(&compiled, prepared, &sealers))
+                .await
+                .map_err(|e| Error::Config(format!("sealing the events failed: {e}")))??
+        };
         let product_key = format!("{domain}/{name}");
-        let outcome = self.write(&product, &product_key, &compiled.version, batch).await?;
+        let outcome = self.write(&product, domain, &product_key, &compiled.version, batch).await?;
         if let Some(last) = outcome.last_position {
             self.announce(&product_key, last);
         }
@@ -272,7 +287,14 @@ impl Store {
         Ok(outcome)
     }
 
-    async fn write(&self, product: &ProductRow, product_key: &str, contract_version: &str, batch: Batch) -> Result<AppendOutcome> {
+    async fn write(
+        &self,
+        product: &ProductRow,
+        domain: &str,
+        product_key: &str,
+        contract_version: &str,
+        batch: Batch,
+    ) -> Result<AppendOutcome> {
         let sql = match self.backend() {
             Backend::Sqlite => &SQLITE,
             Backend::Postgres => &POSTGRES,
@@ -302,15 +324,28 @@ impl Store {
         }
         for p in &events {
             if let Some(s) = stored.get(&p.id) {
+                // A forgotten subject's payload cannot be sealed again to compare: its
+                // resend is recognized by id, stream and type.
                 let same = s.stream == p.stream
                     && s.event_type == p.event_type
-                    && serde_json::from_str::<Value>(&s.payload).ok().as_ref() == Some(&p.payload);
+                    && (p.forgotten || serde_json::from_str::<Value>(&s.payload).ok().as_ref() == Some(&p.payload));
                 if !same {
                     return Err(Error::EventIdConflict { index: p.index, id: p.id, position: s.position });
                 }
             }
         }
         let fresh: Vec<&Prepared> = events.iter().filter(|p| p.repeat_of.is_none() && !stored.contains_key(&p.id)).collect();
+        // New events about a forgotten subject are refused; the ledger is read
+        // again here, under the lock, for a forget that committed meanwhile.
+        let subjects: BTreeSet<String> = fresh.iter().filter_map(|p| p.subject.clone()).collect();
+        let forgotten = if subjects.is_empty() { BTreeSet::new() } else { self.forgotten_among(&mut **tx, domain, &subjects).await? };
+        if let Some(p) = fresh.iter().find(|p| p.forgotten || p.subject.as_ref().is_some_and(|s| forgotten.contains(s))) {
+            return Err(Error::SubjectForgotten {
+                index: p.index,
+                domain: domain.to_owned(),
+                subject: p.subject.clone().unwrap_or_default(),
+            });
+        }
         if fresh.len() != events.len() {
             rows = rows_json(fresh.iter().copied())?;
         }
@@ -432,9 +467,43 @@ impl Store {
             format!("SELECT {COLUMNS} FROM events WHERE product_id = $1 AND position > $2{} ORDER BY position LIMIT $3", self.horizon());
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(after).bind(limit).fetch_all(self.pool()).await?;
         let compiled = self.compiled(&product).await?;
-        let events = rows.iter().map(|r| stored_event(r, &compiled)).collect::<Result<Vec<_>>>()?;
+        let mut events = rows.iter().map(|r| stored_event(r, &compiled)).collect::<Result<Vec<_>>>()?;
+        self.open_payloads(domain, &compiled, &mut events).await?;
         let next_after = events.last().map_or(after, |e| e.position);
         Ok(LogPage { events, next_after })
+    }
+
+    /// Opens the sealed fields of events read by a member of the domain: a
+    /// forgotten subject's fields read as null.
+    async fn open_payloads(&self, domain: &str, compiled: &crate::compiled::Compiled, events: &mut [StoredEvent]) -> Result<()> {
+        let plan_of = |e: &StoredEvent| {
+            let version = if e.upcast_error.is_none() { e.schema_version } else { e.stored_schema_version };
+            compiled.plan(&e.event_type, u32::try_from(version).unwrap_or(0)).filter(|p| p.seals_anything())
+        };
+        let mut opener = self.opener(domain);
+        let mut tokens = Vec::new();
+        for e in events.iter_mut() {
+            if let Some(plan) = plan_of(e) {
+                plan.visit(&mut e.payload, &mut |v| {
+                    tokens.extend(crate::keys::tokens_in(v));
+                    Ok::<_, std::convert::Infallible>(())
+                })
+                .unwrap_or_else(|never| match never {});
+            }
+        }
+        opener.prepare(tokens.iter()).await?;
+        for e in events.iter_mut() {
+            if let Some(plan) = plan_of(e) {
+                plan.visit(&mut e.payload, &mut |v| {
+                    if !opener.open_prepared(v) {
+                        *v = Value::Null;
+                    }
+                    Ok::<_, std::convert::Infallible>(())
+                })
+                .unwrap_or_else(|never| match never {});
+            }
+        }
+        Ok(())
     }
 
     /// The platform's own read of a product's log (the projector's): the
@@ -519,7 +588,9 @@ impl Store {
             return Err(Error::NotFound { what: format!("stream `{stream}` of {domain}/{name}") });
         }
         let compiled = self.compiled(&product).await?;
-        rows.iter().map(|r| stored_event(r, &compiled)).collect()
+        let mut events = rows.iter().map(|r| stored_event(r, &compiled)).collect::<Result<Vec<_>>>()?;
+        self.open_payloads(domain, &compiled, &mut events).await?;
+        Ok(events)
     }
 
     /// The position of the product's newest event (0 for an empty log).
@@ -642,9 +713,9 @@ fn stored_event(r: &sqlx::any::AnyRow, compiled: &crate::compiled::Compiled) -> 
     })
 }
 
-/// Validates every event (all problems at once, up to a limit) and renders
-/// the parameters of the write statements.
-fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: Vec<EventInput>) -> Result<Batch> {
+/// Validates every event (all problems at once, up to a limit) and finds
+/// the subject of each that holds personal data.
+fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: Vec<EventInput>) -> Result<Vec<Prepared>> {
     let mut problems = Vec::new();
     let mut prepared: Vec<Prepared> = Vec::with_capacity(events.len());
     let mut first_with_id: HashMap<Uuid, usize> = HashMap::new();
@@ -681,6 +752,26 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
                 }
             }
         }
+        let plan = compiled.plan(&event.event_type, version).filter(|p| p.seals_anything());
+        let subject = match plan.map(|p| (p, p.subject_of(&event.payload))) {
+            None => None,
+            Some((_, Some(subject))) => Some(subject),
+            Some((plan, None)) => {
+                let at = plan.subject.as_ref().map(|s| format!("/payload/{}", s.0.join("/"))).unwrap_or_else(|| "/payload".into());
+                problems.push(EventProblem {
+                    index,
+                    line: event.line,
+                    pointer: at,
+                    code: "subject_missing",
+                    message: format!(
+                        "the `{}` payload holds personal data but no subject to seal it under{}; give the subject's identifier (a non-empty string or integer)",
+                        event.event_type,
+                        plan.subject.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default()
+                    ),
+                });
+                continue;
+            }
+        };
         let mut metadata = event.metadata;
         metadata.insert("principal".into(), Value::String(principal.name.clone()));
         prepared.push(Prepared {
@@ -694,10 +785,35 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
             metadata,
             expected: event.expected,
             repeat_of,
+            subject,
+            forgotten: false,
         });
     }
     if !problems.is_empty() {
         return Err(Error::InvalidEvents { problems });
+    }
+    Ok(prepared)
+}
+
+/// Seals every event's classified fields under its subject's key, and
+/// renders the parameters of the write statements.
+fn seal_and_render(compiled: &crate::compiled::Compiled, mut prepared: Vec<Prepared>, sealers: &crate::keys::Sealers) -> Result<Batch> {
+    for p in &mut prepared {
+        let Some(subject) = &p.subject else { continue };
+        let version = u32::try_from(p.schema_version).unwrap_or(0);
+        let Some(plan) = compiled.plan(&p.event_type, version) else { continue };
+        match sealers.get(subject) {
+            Some(Some(sealer)) => {
+                plan.apply(&mut p.payload, &mut |v| Ok::<_, std::convert::Infallible>(Value::String(sealer.seal(v).to_string())))
+                    .unwrap_or_else(|never| match never {});
+            }
+            // Forgotten: the payload is never stored (see `write`); drop its values now.
+            Some(None) => {
+                plan.apply(&mut p.payload, &mut |_| Ok::<_, std::convert::Infallible>(Value::Null)).unwrap_or_else(|never| match never {});
+                p.forgotten = true;
+            }
+            None => return Err(Error::Config(format!("no data key was made for the subject of event {}", p.index))),
+        }
     }
     let rows = rows_json(prepared.iter().filter(|p| p.repeat_of.is_none()))?;
     let explicit: Vec<String> = prepared.iter().filter(|p| p.explicit_id).map(|p| p.id.simple().to_string()).collect();

@@ -73,7 +73,13 @@ async fn rows(store: &Store, warehouse: &Warehouse, table: &str) -> Vec<String> 
 /// are those of a fresh projection of the log up to the position that
 /// version records.
 async fn check(data: &Path, run: usize) -> i64 {
-    let store = Store::open(&tessera_store::db::sqlite_url(data), Policy::builtin()).await.unwrap();
+    let store = Store::open(
+        &tessera_store::db::sqlite_url(data),
+        Policy::builtin(),
+        tessera_store::Kek::parse(&std::fs::read_to_string(data.join("kek.key")).unwrap()).unwrap(),
+    )
+    .await
+    .unwrap();
     let live = Warehouse::parse("warehouse", data).unwrap();
     let mut positions = Vec::new();
     for table in TABLES {
@@ -143,7 +149,13 @@ fn killed_at_random_moments_the_tables_stay_exactly_once_and_converge() {
         }
         let lowest = runtime.block_on(check(&data, run));
         let head = runtime.block_on(async {
-            let store = Store::open(&tessera_store::db::sqlite_url(&data), Policy::builtin()).await.unwrap();
+            let store = Store::open(
+                &tessera_store::db::sqlite_url(&data),
+                Policy::builtin(),
+                tessera_store::Kek::parse(&std::fs::read_to_string(data.join("kek.key")).unwrap()).unwrap(),
+            )
+            .await
+            .unwrap();
             let head = store.head("sales", "orders").await.unwrap();
             store.close().await;
             head
@@ -180,7 +192,13 @@ fn killed_at_random_moments_the_tables_stay_exactly_once_and_converge() {
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     server.wait().unwrap();
     runtime.block_on(async {
-        let store = Store::open(&tessera_store::db::sqlite_url(&data), Policy::builtin()).await.unwrap();
+        let store = Store::open(
+            &tessera_store::db::sqlite_url(&data),
+            Policy::builtin(),
+            tessera_store::Kek::parse(&std::fs::read_to_string(data.join("kek.key")).unwrap()).unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(store.head("sales", "orders").await.unwrap() as usize, events.len(), "every event stored once");
         let live = Warehouse::parse("warehouse", &data).unwrap();
         let rebuilt = Warehouse::parse("rebuilt", &data).unwrap();

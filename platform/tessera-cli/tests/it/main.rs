@@ -5,9 +5,11 @@
 mod browser;
 mod contracts;
 mod crash;
+mod forget;
 mod memory;
 mod samples;
 mod serve;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,15 +4,13 @@
 //! protocol. The budget holds (the process grows by no more than the
 //! configured query memory budget) and the server keeps answering.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::repo;
+use crate::server::{http, psql, start};
 
 /// Per query, and for all queries together (MiB).
 const QUERY_MEMORY_MB: u64 = 64;
@@ -56,91 +54,18 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-struct Server {
-    child: Child,
-    base: String,
-    pg_port: u16,
-    output: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start(data: &std::path::Path) -> Server {
-    let pg_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--pg-listen", &format!("127.0.0.1:{pg_port}"), "--data-dir"])
-        .arg(data)
-        .current_dir(repo())
-        .env("TESSERA_LOG", "warn")
-        .env("TESSERA_QUERY_MEMORY_MB", QUERY_MEMORY_MB.to_string())
-        .env("TESSERA_QUERY_MEMORY_BUDGET_MB", BUDGET_MB.to_string())
-        .env("TESSERA_QUERY_TIMEOUT_SECONDS", "20")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Killed and waited for when dropped, whatever happens next.
-    let mut server = Server { child, base: String::new(), pg_port, output: rx };
-    let out = server.child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = server.output.recv_timeout(Duration::from_secs(180)).expect("the demo server started within 3 minutes");
-        if let Some(url) = line.strip_prefix("Tessera is serving at ") {
-            server.base = url.to_owned();
-            return server;
-        }
-    }
-}
-
-/// `sql` over HTTP: the status and the error code, if any.
-async fn http(client: &reqwest::Client, base: &str, token: Option<&str>, sql: &str) -> (u16, String) {
-    let mut request = client.post(format!("{base}/api/v1/sql")).json(&serde_json::json!({ "sql": sql }));
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    match request.send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let body = r.text().await.unwrap_or_default();
-            let code = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v.pointer("/error/code").or_else(|| v.pointer("/code")).and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| if body.contains("\"error\"") { body.chars().take(300).collect() } else { String::new() });
-            (status, code)
-        }
-        Err(e) => (0, e.to_string()),
-    }
-}
-
-/// `sql` over psql as `user`: whether it succeeded, and what it said.
-fn psql(pg_port: u16, user: &str, token: &str, sql: &str) -> (bool, String) {
-    let conn = format!("host=127.0.0.1 port={pg_port} user={user} password={token} dbname=tessera sslmode=disable connect_timeout=10");
-    match Command::new("psql").args([conn.as_str(), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]).output() {
-        Ok(o) => (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
-        Err(e) => panic!("psql is required: {e}"),
-    }
-}
-
 #[test]
 fn concurrent_hostile_queries_stay_within_the_memory_budget() {
     let data = tempfile::tempdir().unwrap();
-    let server = start(data.path());
+    let server = start(
+        data.path(),
+        &[
+            ("TESSERA_QUERY_MEMORY_MB", QUERY_MEMORY_MB.to_string()),
+            ("TESSERA_QUERY_MEMORY_BUDGET_MB", BUDGET_MB.to_string()),
+            ("TESSERA_QUERY_TIMEOUT_SECONDS", "20".to_owned()),
+        ],
+        None,
+    );
     let pid = server.child.id();
     let principals: Value = serde_json::from_str(&std::fs::read_to_string(data.path().join("demo-principals.json")).unwrap()).unwrap();
     let token_of =

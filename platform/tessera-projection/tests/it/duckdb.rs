@@ -55,7 +55,13 @@ pub async fn rows(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
 async fn duckdb_reads_every_example_table_with_the_same_rows() {
     let Some(python) = python() else { return };
     let dir = tempfile::tempdir().expect("dir");
-    let store = Store::open(&tessera_store::db::sqlite_url(dir.path()), Policy::builtin()).await.expect("store");
+    let store = Store::open(
+        &tessera_store::db::sqlite_url(dir.path()),
+        Policy::builtin(),
+        tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"),
+    )
+    .await
+    .expect("store");
     let warehouse = Warehouse::parse("warehouse", dir.path()).expect("warehouse");
     let mut tables = Vec::new();
     for entry in std::fs::read_dir(repo().join("products")).expect("products") {

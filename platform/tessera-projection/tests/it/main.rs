@@ -52,7 +52,13 @@ async fn sample_order_lines_from_the_store_into_delta() {
     let contract_text = std::fs::read_to_string(repo.join("products/sales-orders/contract.yaml")).expect("contract");
     let events_text = std::fs::read(repo.join("products/sales-orders/events.ndjson")).expect("events");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&tessera_store::db::sqlite_url(dir.path()), Policy::builtin()).await.expect("store");
+    let store = Store::open(
+        &tessera_store::db::sqlite_url(dir.path()),
+        Policy::builtin(),
+        tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"),
+    )
+    .await
+    .expect("store");
     let owner = Principal { name: "sales-owner".into(), roles: vec![Role::Owner], domains: vec!["sales".into()] };
     store.publish(&owner, &contract_text).await.expect("publish");
     store.append_body(&owner, "sales", "orders", BodyFormat::Ndjson, events_text).await.expect("append");

@@ -20,7 +20,13 @@ pub fn owner(domain: &str) -> Principal {
 }
 
 pub async fn store_with(dir: &Path, product: &str) -> Store {
-    let store = Store::open(&tessera_store::db::sqlite_url(dir), Policy::builtin()).await.expect("store");
+    let store = Store::open(
+        &tessera_store::db::sqlite_url(dir),
+        Policy::builtin(),
+        tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"),
+    )
+    .await
+    .expect("store");
     let contract = std::fs::read_to_string(repo().join(format!("products/{product}/contract.yaml"))).expect("contract");
     let domain = product.split('-').next().expect("domain");
     store.publish(&owner(domain), &contract).await.expect("publish");

@@ -29,7 +29,13 @@ pub struct Fixture {
 impl Fixture {
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&tessera_store::db::sqlite_url(dir.path()), Policy::builtin()).await.expect("store");
+        let store = Store::open(
+            &tessera_store::db::sqlite_url(dir.path()),
+            Policy::builtin(),
+            tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"),
+        )
+        .await
+        .expect("store");
         let warehouse = Warehouse::parse("warehouse", dir.path()).expect("warehouse");
         for product in ["sales-orders", "customers-profiles", "payments-transactions", "logistics-shipments"] {
             let (domain, name) = product.split_once('-').expect("domain-name");

@@ -244,6 +244,7 @@ fn openapi_lists_exactly_the_routes() {
         include_str!("../../src/products.rs"),
         include_str!("../../src/events.rs"),
         include_str!("../../src/operations.rs"),
+        include_str!("../../src/subjects.rs"),
         include_str!("../../src/discovery/mod.rs"),
         include_str!("../../src/sql.rs"),
         include_str!("../../src/ui.rs"),

@@ -65,7 +65,9 @@ impl TestServer {
         } else {
             (tessera_store::db::sqlite_url(dir.path()), None)
         };
-        let store = Store::open(&url, Policy::builtin()).await.expect("open store");
+        let store = Store::open(&url, Policy::builtin(), tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"))
+            .await
+            .expect("open store");
         let principal = |name: &str, token: &str, role: Role, domains: &[&str]| PrincipalRecord {
             principal: Principal { name: name.into(), roles: vec![role], domains: domains.iter().map(|d| d.to_string()).collect() },
             token_sha256: hash_token(token),

@@ -167,9 +167,23 @@ async fn old_payloads_come_back_upcast(db: &TestDb) {
     assert!(e.payload["customer"]["email"].is_string(), "moved into customer: {}", e.payload);
     assert!(e.payload.get("customer_email").is_none());
     assert_eq!(e.payload["currency"], json!("EUR"), "defaulted");
-    // The stored original never changes.
+    // Read by the owner, the personal fields are open again.
+    assert_eq!(e.payload["customer"]["email"], original["customer_email"]);
+    assert_eq!(e.payload["customer"]["name"], original["customer"]["name"]);
+    // Stored as written, at its own version, but with its personal fields
+    // (where version 1 had them) sealed: nothing clear in the database.
     let stored: String = sqlx::query("SELECT payload FROM events").fetch_one(store.pool()).await.expect("row").try_get(0).expect("payload");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&stored).expect("json"), original);
+    let stored: serde_json::Value = serde_json::from_str(&stored).expect("json");
+    for key in ["order_id", "customer_id", "placed_at", "total", "channel"] {
+        assert_eq!(stored[key], original[key], "{key} is not personal: stored as written");
+    }
+    for pointer in ["/customer_email", "/customer/name"] {
+        assert!(stored.pointer(pointer).and_then(|v| v.as_str()).is_some_and(|t| t.starts_with("tsr1.")), "{pointer} sealed: {stored}");
+    }
+    let text = stored.to_string();
+    for clear in [original["customer_email"].as_str().expect("email"), original["customer"]["name"].as_str().expect("name")] {
+        assert!(!text.contains(clear), "{clear} is stored in clear: {text}");
+    }
 }
 
 async fn expected_versions(db: &TestDb) {

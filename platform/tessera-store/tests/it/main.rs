@@ -9,6 +9,7 @@
 
 mod append;
 mod concurrency;
+mod forget;
 mod publish;
 mod support;
 
