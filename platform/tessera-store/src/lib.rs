@@ -16,6 +16,7 @@ pub mod keys;
 pub mod log;
 pub mod principals;
 pub mod projections;
+mod seal_existing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -116,6 +117,7 @@ impl Store {
             }),
         };
         store.reapply_ledger().await?;
+        store.seal_existing_events().await?;
         match backend {
             Backend::Sqlite => store.spawn(db::checkpoint(store.inner.pool.clone(), store.inner.checkpoint.clone())),
             Backend::Postgres => store.listen(url).await?,

@@ -176,11 +176,7 @@ fn a_forgotten_subject_reads_null_everywhere_and_nothing_clear_is_stored() {
 
     // Before any forget: nothing clear on disk or in the log, owners read clear values.
     let on_disk = |exclude_log: bool| -> Vec<(String, Vec<u8>)> {
-        files(data.path())
-            .into_iter()
-            .filter(|(p, _)| !(exclude_log && p == &log))
-            .map(|(p, b)| (p.display().to_string(), b))
-            .collect()
+        files(data.path()).into_iter().filter(|(p, _)| !(exclude_log && p == &log)).map(|(p, b)| (p.display().to_string(), b)).collect()
     };
     let leaks = found_in(&on_disk(false), &all);
     assert!(leaks.is_empty(), "clear personal values on disk or in the server's log: {leaks:?}");

@@ -9,7 +9,11 @@ use tessera_store::{Error, Principal};
 use crate::on_both;
 use crate::support::{TestDb, analyst, owner, sample_orders, with_orders};
 
-on_both!(forgetting_a_subject_destroys_its_values_and_refuses_new_events, only_stewards_and_members_forget,);
+on_both!(
+    forgetting_a_subject_destroys_its_values_and_refuses_new_events,
+    only_stewards_and_members_forget,
+    a_log_stored_in_clear_is_sealed_at_open,
+);
 
 fn steward() -> Principal {
     Principal { name: "governance".into(), roles: vec![Role::Steward], domains: vec![] }
@@ -121,4 +125,38 @@ async fn only_stewards_and_members_forget(db: &TestDb) {
     assert!(matches!(store.forget(&owner("sales"), "sales", "", "x").await, Err(Error::BadRequest(_))));
     store.forget(&owner("sales"), "sales", "CUS-1", "x").await.expect("a member forgets in its domain");
     store.forget(&steward(), "payments", "CUS-1", "x").await.expect("a steward forgets anywhere");
+}
+
+/// A store written before sealing existed holds clear payloads: the first
+/// open seals them in place, once, and members still read them.
+async fn a_log_stored_in_clear_is_sealed_at_open(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let samples = sample_orders();
+    store.append(&owner("sales"), "sales", "orders", samples.clone()).await.expect("append samples");
+    let placed = samples.iter().find(|e| e.event_type == "OrderPlaced" && e.schema_version == Some(2)).expect("a v2 OrderPlaced");
+    let email = placed.payload["customer"]["email"].as_str().expect("email").to_owned();
+    // As the previous version stored it: in clear, and no record of sealing.
+    sqlx::query("UPDATE events SET payload = $1 WHERE stream = $2 AND stream_version = 1")
+        .bind(placed.payload.to_string())
+        .bind(&placed.stream)
+        .execute(store.pool())
+        .await
+        .expect("write a clear payload");
+    sqlx::query("DELETE FROM store_state").execute(store.pool()).await.expect("forget the marker");
+    assert!(stored(db, &placed.stream).await[0].contains(&email), "the clear payload is in place");
+
+    let reopened = db.another_store().await;
+    let text = &stored(db, &placed.stream).await[0];
+    assert!(!text.contains(&email), "sealed in place at open: {text}");
+    assert!(text.contains("tsr1."), "{text}");
+    let read = reopened.read_stream(&owner("sales"), "sales", "orders", &placed.stream, 1, 10).await.expect("read");
+    assert_eq!(read[0].payload["customer"]["email"], json!(email), "members read it as before");
+    let marked: i64 = sqlx::query("SELECT COUNT(*) FROM store_state WHERE key = 'log_sealed'")
+        .fetch_one(store.pool())
+        .await
+        .expect("marker")
+        .try_get(0)
+        .expect("count");
+    assert_eq!(marked, 1, "it runs once");
 }
