@@ -90,6 +90,17 @@ pub fn lint(text: &str, policy: &Policy) -> Linted {
                 let (model, mut found) = validate::contract(w);
                 if let Some(c) = &model {
                     found.extend(governance::check(c, policy));
+                    for (table, event, column, why) in seal::rule_conflicts(c) {
+                        let kind = c.tables.get(table.as_str()).map_or("upsert", |t| t.projection.kind());
+                        found.push(
+                            Diagnostic::error(
+                                Code::RuleInvalid,
+                                format!("/tables/{table}/{kind}/from/{event}"),
+                                format!("column `{column}`: {why}"),
+                            )
+                            .help("carry the value in the payload, where its classification seals it"),
+                        );
+                    }
                 }
                 // Drop what only follows from setting parts aside.
                 found.retain(|d| match d.code {

@@ -21,9 +21,11 @@
 //!   sealed part as a token, stored as bytes; readers open the tokens and
 //!   read the JSON as the column's type.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::Value;
 
-use crate::model::{Column, DataType, EventType, FieldPath, UpcastStep};
+use crate::model::{Column, Contract, DataType, EventType, FieldPath, Projection, Source, UpcastStep};
 use crate::payload::{class_of, deref, properties};
 use crate::policy::NONE;
 
@@ -63,6 +65,17 @@ impl SealPlan {
         }
     }
 
+    /// Whether `payload` has a non-null value at one of the plan's paths.
+    pub fn holds_values(&self, payload: &Value) -> bool {
+        let mut probe = payload.clone();
+        let mut found = false;
+        let _ = self.visit(&mut probe, &mut |_| {
+            found = true;
+            Err(())
+        });
+        found
+    }
+
     /// Replaces every non-null value at the plan's paths with `seal(value)`.
     /// A path the payload does not have is skipped.
     pub fn apply<E>(&self, payload: &mut Value, seal: &mut dyn FnMut(&Value) -> Result<Value, E>) -> Result<(), E> {
@@ -98,9 +111,43 @@ fn visit<E>(node: &mut Value, path: &[Step], f: &mut dyn FnMut(&mut Value) -> Re
     }
 }
 
-/// The plan for payloads of `event` written at schema version `version`.
+/// The plan for payloads of `event` written at schema version `version`,
+/// sealing each classified node whole.
 pub fn plan(event: &EventType, version: u32) -> SealPlan {
-    let mut paths = current_paths(&event.schema);
+    plan_reading(event, version, &[])
+}
+
+/// The plan for payloads of event type `event` of `contract` at schema
+/// version `version`: a classified object that a table rule reads a field
+/// of is sealed field by field, so that the rule finds that field's token.
+pub fn plan_for(contract: &Contract, event: &str, version: u32) -> Option<SealPlan> {
+    let spec = contract.events.get(event)?;
+    Some(plan_reading(spec, version, &reads_of(contract, event)))
+}
+
+/// The payload paths the table rules of `contract` read from events of type `event`.
+pub fn reads_of(contract: &Contract, event: &str) -> Vec<FieldPath> {
+    let mut out = Vec::new();
+    for spec in contract.tables.values() {
+        let assignments: Vec<&crate::model::Assignments> = match &spec.projection {
+            Projection::Upsert { rules, .. } => rules.iter().filter(|(e, _)| e.as_str() == event).map(|(_, r)| r.assignments()).collect(),
+            Projection::Append { rules } => rules.iter().filter(|(e, _)| e.as_str() == event).map(|(_, a)| a).collect(),
+            Projection::Sql { .. } => Vec::new(),
+        };
+        for a in assignments {
+            out.extend(a.values().filter_map(|s| match s {
+                Source::Payload(p) => Some(p.clone()),
+                _ => None,
+            }));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPlan {
+    let mut paths = paths_reading(&event.schema, reads);
     let mut subject = event.subject.clone();
     // Back through each upcaster, newest first, and its steps in reverse.
     let mut upcasters: Vec<_> = event.upcasters.iter().filter(|u| u.from >= version && u.from < event.version).collect();
@@ -163,58 +210,201 @@ fn to_strings(path: &[Step]) -> Vec<String> {
 
 /// The paths to seal in a payload at the current schema `root`.
 pub fn current_paths(root: &Value) -> Vec<SealPath> {
+    paths_reading(root, &[])
+}
+
+/// [`current_paths`], descending into a classified object wherever one of
+/// `reads` reads a field inside it.
+fn paths_reading(root: &Value, reads: &[FieldPath]) -> Vec<SealPath> {
     let mut out = Vec::new();
-    walk(root, root, Vec::new(), class_of(root), &mut out, 0);
+    let reads = reads.iter().map(keys).collect();
+    let mut walker = Walker { root, none_below: HashMap::new(), ancestors: Vec::new(), budget: MAX_NODES, reads };
+    walker.walk(root, Vec::new(), class_of(root), &mut out);
     out
 }
 
-const MAX_DEPTH: usize = 32;
+/// Schema nodes one walk may visit: a schema that shares definitions so
+/// much that it would take longer is sealed whole where the walk stops.
+const MAX_NODES: usize = 20_000;
 
-fn walk<'a>(root: &'a Value, node: &'a Value, path: SealPath, class: Option<&'a str>, out: &mut Vec<SealPath>, depth: usize) {
-    if depth > MAX_DEPTH {
-        // A schema this deep (or a `$ref` cycle): seal the whole node rather than look further.
-        if class.is_some_and(|c| c != NONE) {
+struct Walker<'a> {
+    root: &'a Value,
+    /// Whether a field below a node declares `none`, per node.
+    none_below: HashMap<*const Value, bool>,
+    /// The nodes on the way here: a `$ref` back to one of them is a cycle.
+    ancestors: Vec<*const Value>,
+    budget: usize,
+    /// Paths table rules read: a classified object one of them reads into is
+    /// sealed field by field.
+    reads: Vec<SealPath>,
+}
+
+impl<'a> Walker<'a> {
+    fn walk(&mut self, node: &'a Value, path: SealPath, class: Option<&'a str>, out: &mut Vec<SealPath>) {
+        let node = deref(self.root, node);
+        let classified = class.is_some_and(|c| c != NONE);
+        let key = node as *const Value;
+        if self.budget == 0 || self.ancestors.contains(&key) {
+            // A cycle, or more than the walk may visit: seal here, whole, if anything here is personal.
+            if classified || self.classified_below(node) {
+                out.push(path);
+            }
+            return;
+        }
+        self.budget -= 1;
+        let read_inside = self.reads.iter().any(|r| r.len() > path.len() && r.starts_with(&path));
+        if classified && !read_inside && !self.declares_none(node) {
             out.push(path);
+            return;
         }
-        return;
-    }
-    let node = deref(root, node);
-    let classified = class.is_some_and(|c| c != NONE);
-    if classified && !declares_none(root, node, 0) {
-        out.push(path);
-        return;
-    }
-    // Below a classified node, fields inherit its classification; below `none`, nothing does.
-    let inherited = class.filter(|c| *c != NONE);
-    if let Some(props) = properties(node) {
-        for (name, child) in props {
-            let own = class_of(child).or_else(|| class_of(deref(root, child)));
-            let mut here = path.clone();
-            here.push(Step::Key(name.clone()));
-            walk(root, child, here, own.or(inherited), out, depth + 1);
+        // Below a classified node, fields inherit its classification; below `none`, nothing does.
+        let inherited = class.filter(|c| *c != NONE);
+        self.ancestors.push(key);
+        if let Some(props) = properties(node) {
+            for (name, child) in props {
+                let own = class_of(child).or_else(|| class_of(deref(self.root, child)));
+                let mut here = path.clone();
+                here.push(Step::Key(name.clone()));
+                self.walk(child, here, own.or(inherited), out);
+            }
         }
+        if let Some(items) = node.get("items") {
+            let own = class_of(items).or_else(|| class_of(deref(self.root, items)));
+            let mut here = path;
+            here.push(Step::Each);
+            self.walk(items, here, own.or(inherited), out);
+        }
+        self.ancestors.pop();
     }
-    if let Some(items) = node.get("items") {
-        let own = class_of(items).or_else(|| class_of(deref(root, items)));
-        let mut here = path;
-        here.push(Step::Each);
-        walk(root, items, here, own.or(inherited), out, depth + 1);
+
+    /// Whether any field below `node` declares `classification: none`
+    /// (each node answered once).
+    fn declares_none(&mut self, node: &'a Value) -> bool {
+        let node = deref(self.root, node);
+        let key = node as *const Value;
+        if let Some(known) = self.none_below.get(&key) {
+            return *known;
+        }
+        // Provisional answer while this node is being looked at (cycles).
+        self.none_below.insert(key, false);
+        let children: Vec<&'a Value> = properties(node).into_iter().flat_map(|p| p.values()).chain(node.get("items")).collect();
+        let found = children
+            .into_iter()
+            .any(|child| class_of(child).or_else(|| class_of(deref(self.root, child))) == Some(NONE) || self.declares_none(child));
+        self.none_below.insert(key, found);
+        found
+    }
+
+    /// Whether any field below `node` is classified (for a node the walk
+    /// will not enter).
+    fn classified_below(&self, node: &Value) -> bool {
+        let mut seen: HashSet<*const Value> = HashSet::new();
+        let mut stack = vec![node];
+        while let Some(n) = stack.pop() {
+            let n = deref(self.root, n);
+            if !seen.insert(n as *const Value) || seen.len() > MAX_NODES {
+                continue;
+            }
+            for child in properties(n).into_iter().flat_map(|p| p.values()).chain(n.get("items")) {
+                if class_of(child).or_else(|| class_of(deref(self.root, child))).is_some_and(|c| c != NONE) {
+                    return true;
+                }
+                stack.push(child);
+            }
+        }
+        false
     }
 }
 
-/// Whether any field below `node` declares `classification: none`.
-fn declares_none(root: &Value, node: &Value, depth: usize) -> bool {
-    if depth > MAX_DEPTH {
-        return false;
-    }
-    let node = deref(root, node);
-    let children = properties(node).into_iter().flat_map(|p| p.values()).chain(node.get("items"));
-    for child in children {
-        if class_of(child).or_else(|| class_of(deref(root, child))) == Some(NONE) || declares_none(root, child, depth + 1) {
-            return true;
+/// Keywords under which a classified field cannot be sealed: the value may
+/// or may not follow that subschema, so which part is personal is unknown.
+const UNSEALABLE: &[&str] = &[
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "prefixItems",
+    "additionalItems",
+    "additionalProperties",
+    "patternProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "dependentSchemas",
+    "contains",
+    "propertyNames",
+];
+
+/// The JSON pointers (inside the payload schema) of classifications that
+/// sealing cannot follow: under `anyOf`, `additionalProperties` and the
+/// like, directly or through a `$ref`.
+pub fn unsealable_classifications(root: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen: HashSet<*const Value> = HashSet::new();
+    // (node, its pointer, under an unsealable keyword)
+    let mut stack: Vec<(&Value, String, bool)> = vec![(root, String::new(), false)];
+    while let Some((node, pointer, under)) = stack.pop() {
+        if !seen.insert(node as *const Value) || seen.len() > MAX_NODES {
+            continue;
+        }
+        match node {
+            Value::Object(map) => {
+                if under && map.get("classification").and_then(Value::as_str).is_some_and(|c| c != NONE) {
+                    out.push(format!("{pointer}/classification"));
+                }
+                if under
+                    && let Some(target) = map.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#'))
+                    && let Some(next) = root.pointer(target)
+                {
+                    stack.push((next, format!("{pointer}/$ref"), true));
+                }
+                for (k, v) in map {
+                    let escaped = k.replace('~', "~0").replace('/', "~1");
+                    stack.push((v, format!("{pointer}/{escaped}"), under || UNSEALABLE.contains(&k.as_str())));
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    stack.push((v, format!("{pointer}/{i}"), under));
+                }
+            }
+            _ => {}
         }
     }
-    false
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Table rules that cannot work with sealed values: a classified column
+/// filled from event metadata (which is not sealed).
+/// `(table, event type, column, why)` for each.
+pub fn rule_conflicts(contract: &Contract) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for (table, spec) in &contract.tables {
+        let rules: Vec<(&str, &crate::model::Assignments)> = match &spec.projection {
+            Projection::Upsert { rules, .. } => rules.iter().map(|(e, r)| (e.as_str(), r.assignments())).collect(),
+            Projection::Append { rules } => rules.iter().map(|(e, a)| (e.as_str(), a)).collect(),
+            Projection::Sql { .. } => Vec::new(),
+        };
+        for (event, assignments) in rules {
+            for (column, source) in assignments {
+                let why = match source {
+                    Source::Metadata(key) if spec.columns.get(column).is_some_and(is_sealed) => Some(format!(
+                        "column `{column}` is classified but `metadata.{key}` is not sealed (event metadata is stored as sent): \
+                         put the value in the payload, with its classification"
+                    )),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    out.push((table.to_string(), event.to_owned(), column.to_string(), why));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether a table column holds sealed values: it is classified, or one of
@@ -241,7 +431,23 @@ pub fn upcaster_conflicts(event: &EventType) -> Vec<(usize, usize, String)> {
             let f = keys(field);
             sealed.iter().find(|p| f.starts_with(p)).map(|p| (to_strings(p).join("."), f.len() > p.len()))
         };
+        // And of the version it reads.
+        let before = plan(event, upcaster.from).paths;
         for (si, step) in upcaster.steps.iter().enumerate() {
+            if let UpcastStep::Move { from, .. } = step {
+                let f = keys(from);
+                if let Some(p) = before.iter().find(|p| f.len() > p.len() && f.starts_with(p)) {
+                    out.push((
+                        ui,
+                        si,
+                        format!(
+                            "`{from}` is inside `{}`, which is classified and stored sealed as a whole: an upcaster cannot reach into it",
+                            to_strings(p).join(".")
+                        ),
+                    ));
+                    continue;
+                }
+            }
             let (field, transforms) = match step {
                 UpcastStep::Map { field, .. } | UpcastStep::Scale { field, .. } | UpcastStep::Cast { field, .. } => (field, true),
                 UpcastStep::Default { field, .. } | UpcastStep::Remove { field } => (field, false),
@@ -362,6 +568,48 @@ mod tests {
         let up = crate::upcast(&e, 1, old).unwrap();
         assert_eq!(up, json!({"customer": {"id": "C9", "email": "sealed:\"a@b.c\""}, "full_name": "sealed:\"Ada\""}));
         assert!(upcaster_conflicts(&e).is_empty());
+    }
+
+    #[test]
+    fn self_referencing_schemas_are_walked_in_bounded_time_and_fail_closed() {
+        // Ten properties that each refer back to the root: without a bound the walk branches exponentially.
+        let mut props: serde_json::Map<String, Value> = (0..10).map(|i| (format!("p{i}"), json!({"$ref": "#"}))).collect();
+        props.insert("email".into(), json!({"type": "string", "classification": "pii.email"}));
+        let schema = json!({"type": "object", "properties": props});
+        let started = std::time::Instant::now();
+        let paths = current_paths(&schema);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(paths.contains(&path("email")));
+        // A cycle is sealed whole where it closes, since it holds a classified field.
+        assert!(paths.contains(&path("p0")), "{paths:?}");
+        // A shared definition is sealed at every place it is used.
+        let shared = json!({"$defs": {"a": {"type": "object", "properties": {"street": {"type": "string", "classification": "pii.address"}}}},
+            "type": "object", "properties": {"home": {"$ref": "#/$defs/a"}, "work": {"$ref": "#/$defs/a"}}});
+        assert_eq!(current_paths(&shared), vec![path("home.street"), path("work.street")]);
+    }
+
+    #[test]
+    fn a_classified_object_a_rule_reads_into_is_sealed_field_by_field() {
+        let schema = json!({"type": "object", "properties": {"id": {"type": "string"},
+            "home": {"type": "object", "classification": "pii.address", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}}});
+        let e = event(schema, "id", vec![]);
+        assert_eq!(plan(&e, 1).paths, vec![path("home")]);
+        let reads = [FieldPath::parse("home.city").unwrap()];
+        assert_eq!(plan_reading(&e, 1, &reads).paths, vec![path("home.city"), path("home.street")]);
+    }
+
+    #[test]
+    fn classifications_sealing_cannot_follow_are_found() {
+        let schema = json!({"$defs": {"contact": {"type": "object", "properties": {"email": {"type": "string", "classification": "pii.email"}}}},
+            "type": "object", "properties": {
+                "contact": {"anyOf": [{"$ref": "#/$defs/contact"}, {"type": "null"}]},
+                "extra": {"type": "object", "additionalProperties": {"type": "string", "classification": "pii.free_text"}},
+                "fine": {"$ref": "#/$defs/contact"},
+                "flag": {"oneOf": [{"type": "boolean", "classification": "none"}]}}});
+        let found = unsealable_classifications(&schema);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("/properties/contact/anyOf")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("/properties/extra/additionalProperties")), "{found:?}");
     }
 
     #[test]

@@ -118,6 +118,17 @@ fn name<T, E: std::fmt::Display>(cx: &mut Ctx, at: &str, raw: &str, parse: impl 
 fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
     let schema_at = format!("{at}/schema");
     check_payload_schema(cx, &schema_at, &e.schema);
+    for pointer in crate::seal::unsealable_classifications(&e.schema) {
+        cx.push(
+            Diagnostic::error(
+                Code::PayloadSchemaInvalid,
+                format!("{schema_at}{pointer}"),
+                "a classification under `anyOf`, `oneOf`, `allOf`, `additionalProperties` or a similar keyword cannot be sealed: \
+                 whether a payload's value follows that subschema is not known",
+            )
+            .help("declare personal fields under `properties` (a `$ref` there is fine), or classify the field that holds the alternatives as a whole"),
+        );
+    }
 
     let subject = e.subject.as_deref().and_then(|s| {
         let p = FieldPath::parse(s);

@@ -383,6 +383,9 @@ impl Catalog {
                     _ => Mask::for_column(policy, column, &|c| strategy_for(policy, c, roles))?,
                 };
                 let sealed = (tessera_contract::seal::is_sealed(column) && is_binary(field.data_type())).then(|| Arc::new(column.clone()));
+                // A version written before sealing existed holds this column in
+                // clear, where no forget reaches: it is not served.
+                let mask = if tessera_contract::seal::is_sealed(column) && sealed.is_none() { Mask::Null } else { mask };
                 Some(ServedColumn { raw_index, mask, sealed })
             })
             .collect();

@@ -565,12 +565,14 @@ impl Audit {
             at_micros: self.at.timestamp_micros(),
             principal: self.principal,
             via: self.via,
-            sql: self.sql,
+            // A value the caller typed (an email in a filter) is not stored in clear.
+            sql: sandbox::redact_literals(&self.sql),
             tables,
             rows: i64::try_from(rows).unwrap_or(i64::MAX),
             duration_us: i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX),
             outcome: outcome.to_owned(),
-            error,
+            // Error messages quote values too (`cannot cast 'ada@…'`).
+            error: error.map(|e| sandbox::redact_quoted(&e)),
         });
     }
 }

@@ -207,9 +207,14 @@ impl Sealer {
         self.id
     }
 
-    /// `value` sealed: the same value always gives the same token.
+    /// `value` sealed: the same value (objects compare whatever the order
+    /// of their keys) always gives the same token. The text is padded with
+    /// spaces to a multiple of [`PAD`] bytes, so that a token's length says
+    /// little about its value's (a boolean's, a short name's).
     pub fn seal(&self, value: &serde_json::Value) -> Token {
-        let plain = value.to_string().into_bytes();
+        let mut plain = Vec::new();
+        canonical(value, &mut plain);
+        plain.resize(plain.len().div_ceil(PAD).max(1) * PAD, b' ');
         let header = self.id.to_be_bytes();
         let tag = hmac::sign(&self.nonces, &[&header[..], &plain[..]].concat());
         let mut nonce = [0u8; NONCE_LEN];
@@ -237,6 +242,40 @@ impl Sealer {
         let mut buf = sealed.to_vec();
         let plain = self.key.open_in_place(nonce, Aad::from(header), &mut buf).map_err(|_| SealError::Tampered)?;
         serde_json::from_slice(plain).map_err(|e| SealError::NotJson(e.to_string()))
+    }
+}
+
+/// Sealed values are padded to a multiple of this many bytes.
+pub const PAD: usize = 32;
+
+/// The JSON text of `value` with every object's keys in order.
+fn canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(serde_json::Value::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(v, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
     }
 }
 
@@ -361,6 +400,12 @@ mod tests {
             assert_eq!(sealer.open(&Token::from_bytes(back.as_bytes()).unwrap()).unwrap(), value);
         }
         assert_ne!(sealer.seal(&json!("a")), sealer.seal(&json!("b")));
+        // Key order does not matter; lengths are padded.
+        let a: serde_json::Value = serde_json::from_str(r#"{"street": "1 Main St", "city": "Oslo"}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"city": "Oslo", "street": "1 Main St"}"#).unwrap();
+        assert_eq!(sealer.seal(&a), sealer.seal(&b));
+        assert_eq!(sealer.seal(&json!(true)).as_bytes().len(), sealer.seal(&json!(false)).as_bytes().len());
+        assert_eq!(sealer.seal(&json!("Al")).as_bytes().len(), sealer.seal(&json!("Alexandra")).as_bytes().len());
         // Another subject's key seals the same value differently, and cannot open it.
         let other = Sealer::new(8, &DataKey::generate().unwrap());
         assert_ne!(other.seal(&json!("a")).as_bytes()[8..], sealer.seal(&json!("a")).as_bytes()[8..]);

@@ -6,7 +6,7 @@ use jsonschema::{PatternOptions, Validator};
 use serde_json::Value;
 use tessera_contract::Contract;
 use tessera_contract::model::EventType;
-use tessera_contract::seal::{SealPlan, plan};
+use tessera_contract::seal::{SealPlan, plan_for};
 
 use crate::envelope::EventInput;
 use crate::error::EventProblem;
@@ -34,11 +34,14 @@ impl Compiled {
                 .map_err(|e| format!("the payload schema of `{name}` does not compile: {e}"))?;
             validators.insert(name.to_string(), validator);
         }
-        let plans = contract
-            .events
-            .iter()
-            .flat_map(|(name, event)| (1..=event.version).map(move |v| ((name.to_string(), v), plan(event, v))))
-            .collect();
+        let mut plans = HashMap::new();
+        for (name, event) in &contract.events {
+            for v in 1..=event.version {
+                if let Some(p) = plan_for(&contract, name.as_str(), v) {
+                    plans.insert((name.to_string(), v), p);
+                }
+            }
+        }
         let version = contract.version.to_string();
         Ok(Self { contract, version, validators, plans })
     }

@@ -11,11 +11,12 @@
 //!
 //! Forgetting a subject deletes its keys (every token sealed under them
 //! opens as nothing, in the log and in every table and version built from
-//! it) and records the subject in `forgotten_subjects`. Nothing caches an
-//! unwrapped key between reads: an [`Opener`] lives for one read (one scan
-//! of one table, one page of the log), so a forget is seen by every process
-//! at its next read, without notifications. The sealers kept for appends
-//! are checked against the ledger inside every append's transaction.
+//! it) and records the subject in `forgotten_subjects`. Nothing keeps an
+//! unwrapped key between reads or appends: an [`Opener`] lives for one read
+//! (one scan of one table, one page of the log), and an append reads its
+//! subjects' keys afresh, so a forget is seen by every process at its next
+//! read, without notifications. An append checks the ledger again inside
+//! its transaction.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -104,12 +105,14 @@ impl Opener {
     /// when one of them does not open.
     pub fn open_prepared(&self, value: &mut Value) -> bool {
         match value {
-            Value::String(s) if s.starts_with(tessera_seal::TOKEN_PREFIX) => match Token::parse(s).ok().and_then(|t| self.open(&t)) {
-                Some(v) => {
+            // Text that only looks like a token is text (as `tokens_in` sees it).
+            Value::String(s) if s.starts_with(tessera_seal::TOKEN_PREFIX) => match Token::parse(s).map(|t| self.open(&t)) {
+                Ok(Some(v)) => {
                     *value = v;
                     true
                 }
-                None => false,
+                Ok(None) => false,
+                Err(_) => true,
             },
             Value::Array(items) => items.iter_mut().all(|v| self.open_prepared(v)),
             Value::Object(o) => o.values_mut().all(|v| self.open_prepared(v)),
@@ -131,12 +134,6 @@ pub fn tokens_in(value: &Value) -> Vec<Token> {
         }
     }
     out
-}
-
-/// The sealers made for appends in this process, by domain and subject.
-#[derive(Debug, Default)]
-pub(crate) struct SealCache {
-    sealers: std::sync::Mutex<HashMap<(String, String), Arc<Sealer>>>,
 }
 
 impl Store {
@@ -175,34 +172,21 @@ impl Store {
 
     /// The sealers of `subjects` of `domain`, creating keys for subjects
     /// that have none; `None` for a forgotten subject (not re-admitted).
+    /// Keys are read for each append, never kept: a key destroyed by
+    /// another process is never used to seal.
     pub(crate) async fn sealers(&self, domain: &str, subjects: &BTreeSet<String>) -> Result<Sealers> {
         let mut out: Sealers = HashMap::with_capacity(subjects.len());
         if subjects.is_empty() {
             return Ok(out);
         }
         let forgotten = self.forgotten_among(self.pool(), domain, subjects).await?;
-        let mut missing = BTreeSet::new();
-        {
-            let cache = self.inner.seal_cache.sealers.lock().map_err(|_| Error::Config("the key cache is poisoned".into()))?;
-            for s in subjects {
-                if forgotten.contains(s) {
-                    out.insert(s.clone(), None);
-                } else if let Some(sealer) = cache.get(&(domain.to_owned(), s.clone())) {
-                    out.insert(s.clone(), Some(Arc::clone(sealer)));
-                } else {
-                    missing.insert(s.clone());
-                }
-            }
-        }
-        if missing.is_empty() {
+        let live: BTreeSet<String> = subjects.iter().filter(|s| !forgotten.contains(*s)).cloned().collect();
+        out.extend(forgotten.into_iter().map(|s| (s, None)));
+        if live.is_empty() {
             return Ok(out);
         }
-        let found = self.load_or_create_keys(domain, &missing).await?;
-        let mut cache = self.inner.seal_cache.sealers.lock().map_err(|_| Error::Config("the key cache is poisoned".into()))?;
-        for (subject, sealer) in found {
-            let sealer = Arc::new(sealer);
-            cache.insert((domain.to_owned(), subject.clone()), Arc::clone(&sealer));
-            out.insert(subject, Some(sealer));
+        for (subject, sealer) in self.load_or_create_keys(domain, &live).await? {
+            out.insert(subject, Some(Arc::new(sealer)));
         }
         Ok(out)
     }
@@ -227,11 +211,17 @@ impl Store {
 
     /// The keys of `subjects`, created (and wrapped) for those that have none.
     async fn load_or_create_keys(&self, domain: &str, subjects: &BTreeSet<String>) -> Result<Vec<(String, Sealer)>> {
+        let mut out = self.existing_keys(domain, subjects).await?;
+        if out.len() == subjects.len() {
+            return Ok(out);
+        }
+        let have: BTreeSet<&str> = out.iter().map(|(s, _)| s.as_str()).collect();
+        let missing: BTreeSet<String> = subjects.iter().filter(|s| !have.contains(s.as_str())).cloned().collect();
         let kek = &self.inner.kek;
         // New keys, wrapped before any lock: ids are random (a token names
         // its key, and the wrapping is bound to the id).
-        let mut fresh = Vec::with_capacity(subjects.len());
-        for subject in subjects {
+        let mut fresh = Vec::with_capacity(missing.len());
+        for subject in &missing {
             let key = DataKey::generate().map_err(|e| Error::Config(e.to_string()))?;
             let id = random_id()?;
             let wrapped = kek.wrap(&key, KeyContext { id, domain, subject }).map_err(|e| Error::Config(e.to_string()))?;
@@ -254,6 +244,16 @@ impl Store {
         sqlx::query(insert).bind(domain).bind(kek.fingerprint()).bind(now_micros()).bind(rows).execute(&mut **tx).await?;
         tx.commit().await?;
         // Whichever key won (another process may have created one meanwhile).
+        let created = self.existing_keys(domain, &missing).await?;
+        if created.len() != missing.len() {
+            return Err(Error::Config(format!("{} of {} data keys could not be created", missing.len() - created.len(), missing.len())));
+        }
+        out.extend(created);
+        Ok(out)
+    }
+
+    /// The keys `subjects` of `domain` have, unwrapped.
+    async fn existing_keys(&self, domain: &str, subjects: &BTreeSet<String>) -> Result<Vec<(String, Sealer)>> {
         let select = match self.backend() {
             Backend::Sqlite => {
                 "SELECT id, subject, wrapped FROM data_keys WHERE domain = $1 AND subject IN (SELECT value FROM json_each($2))"
@@ -267,15 +267,34 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let (id, subject, wrapped): (i64, String, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let key = kek
+            let key = self
+                .inner
+                .kek
                 .unwrap(&wrapped, KeyContext { id, domain, subject: &subject })
                 .map_err(|e| Error::Config(format!("data key {id} of domain `{domain}` does not unwrap: {e}")))?;
             out.push((subject, Sealer::new(id, &key)));
         }
-        if out.len() != subjects.len() {
-            return Err(Error::Config(format!("{} of {} data keys could not be created", subjects.len() - out.len(), subjects.len())));
-        }
         Ok(out)
+    }
+
+    /// Refuses a key-encryption key other than the one that wrapped the
+    /// stored data keys (it would make keys the other processes cannot
+    /// unwrap, and open none of theirs).
+    pub(crate) async fn check_kek(&self) -> Result<()> {
+        let other: Option<String> = sqlx::query("SELECT kek FROM data_keys WHERE kek <> $1 LIMIT 1")
+            .bind(self.inner.kek.fingerprint())
+            .fetch_optional(self.pool())
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        match other {
+            Some(theirs) => Err(Error::Config(format!(
+                "the key-encryption key (fingerprint {}) is not the one that wrapped the stored data keys (fingerprint {theirs}): \
+                 start with the deployment's key (kek / TESSERA_KEK)",
+                self.inner.kek.fingerprint()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Forgets `subject` of `domain`: destroys its data keys and records it
@@ -301,6 +320,17 @@ impl Store {
         }
         let now = now_micros();
         let mut tx = self.begin_write().await?;
+        if self.backend() == Backend::Postgres {
+            // Wait for appends to the domain's products in flight, and hold
+            // new ones back until the ledger names the subject: an append
+            // that made the subject's first key meanwhile either committed
+            // (its key is deleted here) or reads the ledger after this commits.
+            sqlx::query("SELECT COUNT(pg_advisory_xact_lock($1 | id)) FROM (SELECT id FROM products WHERE domain = $2 ORDER BY id) AS p")
+                .bind(crate::log::APPEND_LOCK)
+                .bind(domain)
+                .fetch_one(&mut **tx)
+                .await?;
+        }
         let destroyed = sqlx::query("DELETE FROM data_keys WHERE domain = $1 AND subject = $2")
             .bind(domain)
             .bind(subject)
@@ -346,9 +376,6 @@ impl Store {
             }
         };
         tx.commit().await?;
-        if let Ok(mut cache) = self.inner.seal_cache.sealers.lock() {
-            cache.remove(&(domain.to_owned(), subject.to_owned()));
-        }
         self.scrub_deleted_pages().await;
         tracing::info!(domain, principal = %principal.name, keys_destroyed = destroyed, "a data subject was forgotten");
         Ok(Forgotten {

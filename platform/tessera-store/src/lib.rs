@@ -80,7 +80,6 @@ struct Inner {
     appended_since_analyze: std::sync::atomic::AtomicU64,
     /// Wraps and unwraps the data keys (see [`keys`]); never stored.
     kek: Kek,
-    seal_cache: keys::SealCache,
 }
 
 impl Drop for Inner {
@@ -113,9 +112,9 @@ impl Store {
                 commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
                 appended_since_analyze: std::sync::atomic::AtomicU64::new(0),
                 kek,
-                seal_cache: keys::SealCache::default(),
             }),
         };
+        store.check_kek().await?;
         store.reapply_ledger().await?;
         store.seal_existing_events().await?;
         match backend {

@@ -52,7 +52,7 @@ pub const MAX_PLATFORM_READ: i64 = 100_000;
 /// See [`Store::keep_statistics_fresh`].
 const ANALYZE_EVERY: u64 = 50_000;
 /// Namespace of the advisory locks that order appends per product.
-const APPEND_LOCK: i64 = 0x7e55_0000_0000_0000;
+pub(crate) const APPEND_LOCK: i64 = 0x7e55_0000_0000_0000;
 
 /// What an append stored.
 #[derive(Debug, Clone, Serialize)]
@@ -752,9 +752,22 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
                 }
             }
         }
-        let plan = compiled.plan(&event.event_type, version).filter(|p| p.seals_anything());
+        // Only an event that holds personal values needs a subject to seal them under.
+        let plan = compiled.plan(&event.event_type, version).filter(|p| p.seals_anything() && p.holds_values(&event.payload));
         let subject = match plan.map(|p| (p, p.subject_of(&event.payload))) {
             None => None,
+            Some((plan, Some(subject))) if subject.len() > 256 || subject.chars().any(char::is_control) => {
+                let at = plan.subject.as_ref().map(|s| format!("/payload/{}", s.0.join("/"))).unwrap_or_default();
+                problems.push(EventProblem {
+                    index,
+                    line: event.line,
+                    pointer: at,
+                    code: "subject_invalid",
+                    message: "the subject's identifier must be 1 to 256 characters without control characters, so that it can be forgotten"
+                        .into(),
+                });
+                continue;
+            }
             Some((_, Some(subject))) => Some(subject),
             Some((plan, None)) => {
                 let at = plan.subject.as_ref().map(|s| format!("/payload/{}", s.0.join("/"))).unwrap_or_else(|| "/payload".into());

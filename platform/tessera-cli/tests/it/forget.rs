@@ -29,7 +29,7 @@ fn personal_values() -> BTreeMap<String, BTreeSet<String>> {
             let event: Value = serde_json::from_str(line).unwrap();
             let Some(spec) = contract.events.get(event["type"].as_str().unwrap()) else { continue };
             let version = event["schema_version"].as_u64().map_or(spec.version, |v| u32::try_from(v).unwrap());
-            let plan = tessera_contract::seal::plan(spec, version);
+            let plan = tessera_contract::seal::plan_for(&contract, event["type"].as_str().unwrap(), version).unwrap();
             let mut payload = event["payload"].clone();
             let Some(subject) = plan.subject_of(&payload) else { continue };
             let mut values = Vec::new();

@@ -7,6 +7,7 @@ mod catalog;
 mod hostile;
 mod projection;
 mod sql;
+mod subjects;
 mod support;
 
 /// Declares `mod $name { sqlite, postgres }`, each running `$name(&server)`.

@@ -12,7 +12,7 @@ const PROFILES_CONTRACT: &str = include_str!("../../../../products/customers-pro
 const PROFILES_EVENTS: &str = include_str!("../../../../products/customers-profiles/events.ndjson");
 
 /// Publishes customers/profiles with its sample events and waits until they are projected.
-async fn load_customers(server: &TestServer) {
+pub async fn load_customers(server: &TestServer) {
     let (status, body) = server.publish(Some(CUSTOMERS), PROFILES_CONTRACT).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = server.append(Some(CUSTOMERS), "customers/profiles", "application/x-ndjson", PROFILES_EVENTS.to_owned()).await;

@@ -29,7 +29,33 @@ pub struct TestServer {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     postgres: Option<(String, String)>,
+    /// The catalog database's URL.
+    url: String,
     _dir: tempfile::TempDir,
+}
+
+/// The test servers' key-encryption key.
+pub fn kek() -> tessera_store::Kek {
+    tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key")
+}
+
+/// A second server process on the same catalog database and warehouse
+/// (serving HTTP, not projecting), as in a deployment of several replicas.
+pub struct Replica {
+    pub base: String,
+    pub store: Store,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Replica {
+    pub async fn finish(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.expect("replica task").expect("served until shutdown");
+        self.store.close().await;
+    }
 }
 
 /// Tokens of the test principals.
@@ -65,9 +91,7 @@ impl TestServer {
         } else {
             (tessera_store::db::sqlite_url(dir.path()), None)
         };
-        let store = Store::open(&url, Policy::builtin(), tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"))
-            .await
-            .expect("open store");
+        let store = Store::open(&url, Policy::builtin(), kek()).await.expect("open store");
         let principal = |name: &str, token: &str, role: Role, domains: &[&str]| PrincipalRecord {
             principal: Principal { name: name.into(), roles: vec![role], domains: domains.iter().map(|d| d.to_string()).collect() },
             token_sha256: hash_token(token),
@@ -114,8 +138,23 @@ impl TestServer {
             shutdown: Some(tx),
             task,
             postgres: pg,
+            url,
             _dir: dir,
         })
+    }
+
+    /// Another server process on this one's database and warehouse.
+    pub async fn replica(&self) -> Replica {
+        let store = Store::open(&self.url, Policy::builtin(), kek()).await.expect("open the store again");
+        let engine = tessera_query::Engine::new(store.clone(), self.warehouse.clone(), MASKING_KEY, tessera_query::Limits::default());
+        let state = AppState::new(store.clone(), BODY_LIMIT).await.expect("state").with_engine(engine);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tessera_server::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        Replica { base, store, shutdown: Some(tx), task }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,112 @@
+//! Forgetting a data subject through the API, on SQLite and PostgreSQL: a
+//! second server process on the same database sees the forget at its very
+//! next query; the values stay gone after a rebuild, a compaction and a
+//! restart; who may forget; the ledger.
+
+use serde_json::{Value, json};
+
+use crate::on_both;
+use crate::sql::load_customers;
+use crate::support::{ANALYST, CUSTOMERS, SALES, STEWARD, TestServer};
+
+on_both!(a_forget_holds_in_every_process_and_after_rebuild_compaction_and_restart);
+
+/// `sql` over HTTP at `base` as `token`: the rows.
+async fn rows(base: &str, token: &str, sql: &str) -> Vec<Vec<Value>> {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/sql"))
+        .bearer_auth(token)
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .expect("sql");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(status, 200, "{sql}: {body}");
+    body["rows"].as_array().expect("rows").iter().map(|r| r.as_array().expect("row").clone()).collect()
+}
+
+/// Runs a projection command on customers/profiles and waits for it.
+async fn command(s: &TestServer, kind: &str) {
+    let path = "/api/v1/products/customers/profiles/commands";
+    let (status, c) =
+        s.call(reqwest::Method::POST, path, Some(CUSTOMERS), Some("application/json"), json!({ "kind": kind }).to_string()).await;
+    assert_eq!(status, 202, "{c}");
+    let id = c["id"].as_i64().expect("id");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, c) = s.get(&format!("{path}/{id}"), Some(CUSTOMERS)).await;
+        match c["state"].as_str() {
+            Some("done") => return,
+            Some("failed") => panic!("{kind} failed: {c}"),
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "{kind} did not finish: {c}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_forget_holds_in_every_process_and_after_rebuild_compaction_and_restart(s: &TestServer) {
+    load_customers(s).await;
+    let two = rows(
+        &s.base,
+        CUSTOMERS,
+        "SELECT customer_id FROM customers.profiles.profiles WHERE email IS NOT NULL ORDER BY customer_id LIMIT 2",
+    )
+    .await;
+    let (target, control) = (two[0][0].as_str().expect("id").to_owned(), two[1][0].as_str().expect("id").to_owned());
+    let replica = s.replica().await;
+    // The replica has read the subject (and opened its key) before the forget.
+    assert!(rows(&replica.base, CUSTOMERS, &email_of(&target)).await[0][0].is_string());
+
+    // Who may forget.
+    let forget = |token: &'static str, body: Value| async move {
+        s.call(reqwest::Method::POST, "/api/v1/subjects/forget", Some(token), Some("application/json"), body.to_string()).await
+    };
+    let (status, body) = forget(ANALYST, json!({"subject": target, "reason": "r"})).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = forget(SALES, json!({"subject": target, "reason": "r", "domain": "customers"})).await;
+    assert_eq!(status, 403, "another domain's member: {body}");
+    let (status, body) = forget(STEWARD, json!({"subject": target})).await;
+    assert_eq!(status, 400, "a reason is required: {body}");
+    let (status, body) = forget(CUSTOMERS, json!({"subject": target, "reason": "erasure request E-7", "domain": "customers"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["forgotten"][0]["keys_destroyed"], 1, "{body}");
+
+    // At once, in the other process too; the control subject and unclassified columns as before.
+    check(&replica.base, &target, &control).await;
+    check(&s.base, &target, &control).await;
+
+    // The ledger, for stewards and the domain's members.
+    let (status, ledger) = s.get("/api/v1/subjects/forgotten?domain=customers", Some(STEWARD)).await;
+    assert_eq!(status, 200, "{ledger}");
+    assert_eq!(ledger["forgotten"][0]["reason"], "erasure request E-7", "{ledger}");
+    assert_eq!(s.get("/api/v1/subjects/forgotten?domain=customers", Some(ANALYST)).await.0, 403);
+
+    // Still gone after a rebuild and a compaction, and in a restarted process.
+    command(s, "rebuild").await;
+    check(&s.base, &target, &control).await;
+    command(s, "compact").await;
+    check(&s.base, &target, &control).await;
+    replica.finish().await;
+    let restarted = s.replica().await;
+    check(&restarted.base, &target, &control).await;
+    restarted.finish().await;
+}
+
+fn email_of(id: &str) -> String {
+    format!("SELECT email, full_name, country FROM customers.profiles.profiles WHERE customer_id = '{id}'")
+}
+
+/// The target reads null for every role, now and at the first version; the control subject does not.
+async fn check(base: &str, target: &str, control: &str) {
+    for token in [CUSTOMERS, STEWARD, ANALYST] {
+        let row = &rows(base, token, &email_of(target)).await[0];
+        assert_eq!((&row[0], &row[1]), (&Value::Null, &Value::Null), "{token}: {row:?}");
+        assert!(row[2].is_string(), "the country is not personal: {row:?}");
+    }
+    assert!(rows(base, CUSTOMERS, &email_of(control)).await[0][0].is_string(), "the control subject");
+    let old =
+        rows(base, CUSTOMERS, &format!("SELECT email FROM as_of('customers.profiles.profiles', 1) WHERE customer_id = '{target}'")).await;
+    assert!(old.iter().all(|r| r[0].is_null()), "an older version: {old:?}");
+}
