@@ -32,6 +32,7 @@ fn missing() -> Option<String> {
 
 #[test]
 fn catalog_ui_in_headless_chromium() {
+    let _servers = crate::shared();
     if let Some(what) = missing() {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "the browser tests cannot run under CI: {what}");
         eprintln!("skipping the browser tests: {what}");

@@ -113,6 +113,7 @@ async fn check(data: &Path, run: usize) -> i64 {
 
 #[test]
 fn killed_at_random_moments_the_tables_stay_exactly_once_and_converge() {
+    let _servers = crate::shared();
     let runs: usize = std::env::var("TESSERA_CRASH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(50);
     let seed = std::env::var("TESSERA_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     eprintln!("crash test: {runs} runs, TESSERA_CRASH_SEED={seed}");

@@ -148,6 +148,7 @@ const TABLES: [(&str, &str, &[&str]); 4] = [
 
 #[test]
 fn a_forgotten_subject_reads_null_everywhere_and_nothing_clear_is_stored() {
+    let _servers = crate::shared();
     let data = tempfile::tempdir().unwrap();
     let log = data.path().join("server.log");
     let server = start(data.path(), &[("TESSERA_LOG", "info".to_owned())], Some(&log));

@@ -14,6 +14,19 @@ mod server;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The memory-budget test runs alone (`alone`); every other test that starts
+/// servers shares (`shared`). On 2 cores, servers of other tests beside it
+/// starve the connections it makes under load and skew the memory it measures.
+static SERVERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SERVERS.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SERVERS.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

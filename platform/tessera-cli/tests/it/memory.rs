@@ -56,6 +56,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 
 #[test]
 fn concurrent_hostile_queries_stay_within_the_memory_budget() {
+    let _alone = crate::alone();
     let data = tempfile::tempdir().unwrap();
     let server = start(
         data.path(),

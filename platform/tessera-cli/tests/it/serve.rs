@@ -114,6 +114,7 @@ fn count_events(base: &str, product: &str, token: &str) -> usize {
 
 #[test]
 fn demo_publishes_and_loads_every_example_then_clients_publish_and_append() {
+    let _servers = crate::shared();
     let data = tempfile::tempdir().unwrap();
     let demo = Demo::start(data.path());
     let base = demo.base.clone();
@@ -225,6 +226,7 @@ fn contract_line(n: usize) -> &'static str {
 /// a configuration mistake as a clear error.
 #[test]
 fn config_file_and_environment() {
+    let _servers = crate::shared();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("tessera.toml");
