@@ -10,6 +10,7 @@
 
 mod client;
 mod contracts;
+mod keys;
 mod samples;
 mod serve;
 
@@ -131,6 +132,9 @@ enum Command {
         #[command(flatten)]
         remote: client::Remote,
     },
+    /// Re-wrap every data key under a new key-encryption key (the tokens
+    /// stay as they are). Stop the servers first; start them with the new key.
+    RotateKek(keys::RotateKekArgs),
     /// Sample events for example products.
     Samples {
         #[command(subcommand)]
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
         Command::Vacuum { product, remote } => client::projection_command("vacuum", &product, &remote),
         Command::Forget { domain, subject, reason, remote } => client::forget(&domain, &subject, &reason, &remote),
         Command::Readmit { domain, subject, remote } => client::readmit(&domain, &subject, &remote),
+        Command::RotateKek(args) => keys::run(args),
         Command::Samples { action: SamplesAction::Generate { contract, streams, seed, output } } => {
             samples::generate_command(&contract, streams, seed, output.as_deref())
         }

@@ -10,21 +10,43 @@ use tessera_server::config::Config;
 use tessera_server::{AppState, demo};
 use tessera_store::Store;
 
-/// Command-line overrides of the configuration.
+/// Where the configuration and the database are: the options every
+/// command that opens the store takes.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub struct StoreArgs {
     /// The configuration file (default: ./tessera.toml when it exists).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
     /// Where the embedded database lives (and the demo's tokens).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// `postgres://...` to use PostgreSQL instead of the embedded SQLite file.
     #[arg(long)]
     database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The configuration, with these options applied over it.
+    pub fn load(self) -> Result<Config> {
+        let mut config = Config::load(self.config.as_deref()).map_err(anyhow::Error::msg)?;
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if let Some(url) = self.database_url {
+            config.database_url = Some(url);
+        }
+        Ok(config)
+    }
+}
+
+/// Command-line overrides of the configuration.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Create demo principals and load every example product under --products.
     #[arg(long)]
     demo: bool,
@@ -68,15 +90,9 @@ fn tune_allocator() {
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     tune_allocator();
     init_tracing(args.log_json);
-    let mut config = Config::load(args.config.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut config = args.store.load()?;
     if let Some(listen) = args.listen {
         config.listen = listen;
-    }
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(url) = args.database_url {
-        config.database_url = Some(url);
     }
     if let Some(pg) = args.pg_listen {
         config.pg_listen = pg;
@@ -95,7 +111,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
 /// The stack of each runtime thread.
 const WORKER_STACK_BYTES: usize = 32 << 20;
 
-fn init_tracing(json: bool) {
+pub fn init_tracing(json: bool) {
     // The Delta kernel logs an error for every table it looks for before
     // creating it, and merges warn of a metric they do not report: noise
     // for an operator, unless asked for with TESSERA_LOG.

@@ -17,25 +17,42 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (event_name, event) in &contract.events {
         let at = format!("/events/{event_name}/schema");
-        let mut personal = Vec::new();
         for prop in payload::walk(&event.schema) {
             let here = format!("{at}{}", prop.pointer);
             let classification = prop.schema.get("classification").and_then(|v| v.as_str());
             let justification = prop.schema.get("justification").and_then(|v| v.as_str());
             classify(&mut out, policy, &here, &format!("payload field `{}`", prop.path), prop.name, classification, justification);
-            if let Some(c) = classification.filter(|c| *c != NONE) {
-                personal.push(format!("{} ({c})", prop.path));
-            }
         }
-        if !personal.is_empty() && event.subject.is_none() {
+        // Every personal value is sealed under exactly one subject: the
+        // event's, or the one its field (or a field around it) names.
+        let plan = crate::seal::plan(event, event.version);
+        let without: Vec<String> = plan
+            .paths
+            .iter()
+            .filter(|(_, subject)| subject.is_none())
+            .map(|(path, _)| {
+                path.iter()
+                    .map(|s| match s {
+                        crate::seal::Step::Key(k) => k.as_str(),
+                        crate::seal::Step::Each => "[]",
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".")
+                    .replace(".[]", "[]")
+            })
+            .collect();
+        if !without.is_empty() {
             out.push(
                 Diagnostic::error(
                     Code::SubjectInvalid,
                     format!("/events/{event_name}"),
-                    format!("`{event_name}` carries personal data in {} but does not name its data subject", personal.join(", ")),
+                    format!("`{event_name}` carries personal data in {} but does not name its data subject", without.join(", ")),
                 )
                 .at_key()
-                .help("add `subject: <payload path>` naming the identifier of the person the data belongs to, so that it can be forgotten on request"),
+                .help(
+                    "add `subject: <payload path>` naming the identifier of the person the data belongs to, so that it can be forgotten on request \
+                     (for an event about several persons, a field may name its own `subject:` in the schema)",
+                ),
             );
         }
     }

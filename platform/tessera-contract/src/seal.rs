@@ -44,10 +44,14 @@ pub type SealPath = Vec<Step>;
 /// What to seal in a payload of one event type at one schema version.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SealPlan {
-    /// Where the subject's identifier is at this version.
-    pub subject: Option<FieldPath>,
-    /// Every path to seal, outermost first.
-    pub paths: Vec<SealPath>,
+    /// Where each data subject's identifier is at this version: the
+    /// event's `subject` first (if it names one), then those that fields
+    /// declare for themselves (an event about two persons).
+    pub subjects: Vec<FieldPath>,
+    /// Every path to seal, outermost first, with the index in `subjects`
+    /// of the subject whose key seals it (`None`: the contract names no
+    /// subject for it, which lint refuses).
+    pub paths: Vec<(SealPath, Option<usize>)>,
 }
 
 impl SealPlan {
@@ -56,33 +60,68 @@ impl SealPlan {
         !self.paths.is_empty()
     }
 
-    /// The subject's identifier in `payload`: a string, or an integer as text.
-    pub fn subject_of(&self, payload: &Value) -> Option<String> {
-        match self.subject.as_ref()?.get(payload)? {
+    /// The identifier of subject `index` in `payload`: a string, or an integer as text.
+    pub fn subject_id(&self, index: usize, payload: &Value) -> Option<String> {
+        match self.subjects.get(index)?.get(payload)? {
             Value::String(s) if !s.is_empty() => Some(s.clone()),
             Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
             _ => None,
         }
     }
 
-    /// Whether `payload` has a non-null value at one of the plan's paths.
-    pub fn holds_values(&self, payload: &Value) -> bool {
-        let mut probe = payload.clone();
-        let mut found = false;
-        let _ = self.visit(&mut probe, &mut |_| {
-            found = true;
-            Err(())
+    /// The subjects (by index) whose values `payload` holds: a non-null
+    /// value at one of their paths. Sorted, each once.
+    pub fn subjects_holding(&self, payload: &Value) -> Vec<Option<usize>> {
+        let mut out = Vec::new();
+        self.each_value(payload, &mut |subject, _| {
+            if !out.contains(&subject) {
+                out.push(subject);
+            }
         });
-        found
+        out.sort();
+        out
     }
 
-    /// Replaces every non-null value at the plan's paths with `seal(value)`.
-    /// A path the payload does not have is skipped.
-    pub fn apply<E>(&self, payload: &mut Value, seal: &mut dyn FnMut(&Value) -> Result<Value, E>) -> Result<(), E> {
-        for path in &self.paths {
+    /// The identifier of each subject whose values `payload` holds, by the
+    /// subject's index (`None` for a subject it holds no values of); or the
+    /// first subject it holds values of but has no identifier for (`None`:
+    /// values of no subject).
+    pub fn subject_ids(&self, payload: &Value) -> Result<Vec<Option<String>>, Option<usize>> {
+        let mut ids = vec![None; self.subjects.len()];
+        for needed in self.subjects_holding(payload) {
+            let index = needed.ok_or(None)?;
+            ids[index] = Some(self.subject_id(index, payload).ok_or(Some(index))?);
+        }
+        Ok(ids)
+    }
+
+    /// Whether `payload` has a non-null value at one of the plan's paths.
+    pub fn holds_values(&self, payload: &Value) -> bool {
+        self.paths.iter().any(|(path, _)| {
+            let mut found = false;
+            visit_ref(payload, path, &mut |_| found = true);
+            found
+        })
+    }
+
+    /// Calls `f` on every non-null value at the plan's paths, with the
+    /// index of its subject (to read them).
+    pub fn each_value(&self, payload: &Value, f: &mut dyn FnMut(Option<usize>, &Value)) {
+        for (path, subject) in &self.paths {
+            visit_ref(payload, path, &mut |v| f(*subject, v));
+        }
+    }
+
+    /// Replaces every non-null value at the plan's paths with
+    /// `seal(subject index, value)`. A path the payload does not have is skipped.
+    pub fn apply<E, F>(&self, payload: &mut Value, seal: &mut F) -> Result<(), E>
+    where
+        F: FnMut(Option<usize>, &Value) -> Result<Value, E>,
+    {
+        for (path, subject) in &self.paths {
             visit(payload, path, &mut |v| {
                 if !v.is_null() {
-                    *v = seal(v)?;
+                    *v = seal(*subject, v)?;
                 }
                 Ok(())
             })?;
@@ -92,10 +131,28 @@ impl SealPlan {
 
     /// Calls `f` on every non-null value at the plan's paths (to open them).
     pub fn visit<E>(&self, payload: &mut Value, f: &mut dyn FnMut(&mut Value) -> Result<(), E>) -> Result<(), E> {
-        for path in &self.paths {
+        for (path, _) in &self.paths {
             visit(payload, path, &mut |v| if v.is_null() { Ok(()) } else { f(v) })?;
         }
         Ok(())
+    }
+}
+
+fn visit_ref(node: &Value, path: &[Step], f: &mut dyn FnMut(&Value)) {
+    let Some((first, rest)) = path.split_first() else {
+        if !node.is_null() {
+            f(node);
+        }
+        return;
+    };
+    match (first, node) {
+        (Step::Key(k), Value::Object(o)) => {
+            if let Some(child) = o.get(k) {
+                visit_ref(child, rest, f);
+            }
+        }
+        (Step::Each, Value::Array(items)) => items.iter().for_each(|item| visit_ref(item, rest, f)),
+        _ => {}
     }
 }
 
@@ -147,8 +204,21 @@ pub fn reads_of(contract: &Contract, event: &str) -> Vec<FieldPath> {
 }
 
 fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPlan {
-    let mut paths = paths_reading(&event.schema, reads);
-    let mut subject = event.subject.clone();
+    // The event's own subject is subject 0; each subject a field declares is added once.
+    let mut subjects: Vec<FieldPath> = event.subject.iter().cloned().collect();
+    let mut paths: Vec<(SealPath, Option<usize>)> = paths_reading(&event.schema, reads)
+        .into_iter()
+        .map(|(path, declared)| {
+            let subject = match declared {
+                Some(declared) => Some(subjects.iter().position(|s| *s == declared).unwrap_or_else(|| {
+                    subjects.push(declared);
+                    subjects.len() - 1
+                })),
+                None => event.subject.as_ref().map(|_| 0),
+            };
+            (path, subject)
+        })
+        .collect();
     // Back through each upcaster, newest first, and its steps in reverse.
     let mut upcasters: Vec<_> = event.upcasters.iter().filter(|u| u.from >= version && u.from < event.version).collect();
     upcasters.sort_by_key(|u| std::cmp::Reverse(u.from));
@@ -158,25 +228,31 @@ fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPla
                 UpcastStep::Move { from, to } => {
                     let (from, to) = (keys(from), keys(to));
                     let mut added = Vec::new();
-                    for p in &mut paths {
+                    for (p, subject) in &mut paths {
                         if p.starts_with(&to) {
                             let rest = p.split_off(to.len());
                             *p = from.iter().cloned().chain(rest).collect();
                         } else if to.starts_with(p) {
                             // A sealed object receives the moved value: seal it where it was.
-                            added.push(from.clone());
+                            added.push((from.clone(), *subject));
                         }
                     }
                     paths.extend(added);
-                    if let Some(s) = &subject
-                        && let Some(rest) = s.0.strip_prefix(to_strings(&to).as_slice())
-                    {
-                        let from_segments: Vec<String> = to_strings(&from);
-                        subject = Some(FieldPath(from_segments.into_iter().chain(rest.iter().cloned()).collect()));
+                    let to = to_strings(&to);
+                    for s in &mut subjects {
+                        if let Some(rest) = s.0.strip_prefix(to.as_slice()) {
+                            *s = FieldPath(to_strings(&from).into_iter().chain(rest.iter().cloned()).collect());
+                        }
                     }
                 }
-                // What an upcaster removes is unknown to the current schema: sealed, to be safe.
-                UpcastStep::Remove { field } => paths.push(keys(field)),
+                // What an upcaster removes is unknown to the current schema:
+                // sealed, to be safe, under the event's subject (or its first
+                // field's), if the event names any subject at all.
+                UpcastStep::Remove { field } => {
+                    if !subjects.is_empty() {
+                        paths.push((keys(field), Some(0)));
+                    }
+                }
                 UpcastStep::Default { .. } | UpcastStep::Map { .. } | UpcastStep::Scale { .. } | UpcastStep::Cast { .. } => {}
             }
         }
@@ -185,14 +261,13 @@ fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPla
     // classified identifier) is fine. Outermost first, no path twice, and
     // none inside another.
     paths.sort();
-    paths.dedup();
-    let mut out: Vec<SealPath> = Vec::with_capacity(paths.len());
-    for p in paths {
-        if !out.iter().any(|o| p.starts_with(o)) {
-            out.push(p);
+    let mut out: Vec<(SealPath, Option<usize>)> = Vec::with_capacity(paths.len());
+    for (p, subject) in paths {
+        if !out.iter().any(|(o, _)| p.starts_with(o)) {
+            out.push((p, subject));
         }
     }
-    SealPlan { subject, paths: out }
+    SealPlan { subjects, paths: out }
 }
 
 fn keys(path: &FieldPath) -> SealPath {
@@ -210,17 +285,25 @@ fn to_strings(path: &[Step]) -> Vec<String> {
 
 /// The paths to seal in a payload at the current schema `root`.
 pub fn current_paths(root: &Value) -> Vec<SealPath> {
-    paths_reading(root, &[])
+    paths_reading(root, &[]).into_iter().map(|(p, _)| p).collect()
 }
 
 /// [`current_paths`], descending into a classified object wherever one of
-/// `reads` reads a field inside it.
-fn paths_reading(root: &Value, reads: &[FieldPath]) -> Vec<SealPath> {
+/// `reads` reads a field inside it; with the subject each path's field (or
+/// the nearest field around it) declares, if any.
+fn paths_reading(root: &Value, reads: &[FieldPath]) -> Vec<(SealPath, Option<FieldPath>)> {
     let mut out = Vec::new();
     let reads = reads.iter().map(keys).collect();
-    let mut walker = Walker { root, none_below: HashMap::new(), ancestors: Vec::new(), budget: MAX_NODES, reads };
-    walker.walk(root, Vec::new(), class_of(root), &mut out);
-    out
+    let mut walker = Walker { root, split_below: HashMap::new(), ancestors: Vec::new(), budget: MAX_NODES, reads };
+    let declared = subject_declared(root, root);
+    walker.walk(root, Vec::new(), class_of(root), declared, &mut out);
+    out.into_iter().map(|(p, s)| (p, s.and_then(FieldPath::parse))).collect()
+}
+
+/// The subject a schema node declares for its personal values (`subject:
+/// payer.customer_id`), on the node or the definition it refers to.
+pub fn subject_declared<'a>(root: &'a Value, node: &'a Value) -> Option<&'a str> {
+    node.get("subject").or_else(|| deref(root, node).get("subject")).and_then(Value::as_str)
 }
 
 /// Schema nodes one walk may visit: a schema that shares definitions so
@@ -229,8 +312,8 @@ const MAX_NODES: usize = 20_000;
 
 struct Walker<'a> {
     root: &'a Value,
-    /// Whether a field below a node declares `none`, per node.
-    none_below: HashMap<*const Value, bool>,
+    /// Whether a field below a node declares `none` or its own subject, per node.
+    split_below: HashMap<*const Value, bool>,
     /// The nodes on the way here: a `$ref` back to one of them is a cycle.
     ancestors: Vec<*const Value>,
     budget: usize,
@@ -240,21 +323,28 @@ struct Walker<'a> {
 }
 
 impl<'a> Walker<'a> {
-    fn walk(&mut self, node: &'a Value, path: SealPath, class: Option<&'a str>, out: &mut Vec<SealPath>) {
+    fn walk(
+        &mut self,
+        node: &'a Value,
+        path: SealPath,
+        class: Option<&'a str>,
+        subject: Option<&'a str>,
+        out: &mut Vec<(SealPath, Option<&'a str>)>,
+    ) {
         let node = deref(self.root, node);
         let classified = class.is_some_and(|c| c != NONE);
         let key = node as *const Value;
         if self.budget == 0 || self.ancestors.contains(&key) {
             // A cycle, or more than the walk may visit: seal here, whole, if anything here is personal.
             if classified || self.classified_below(node) {
-                out.push(path);
+                out.push((path, subject));
             }
             return;
         }
         self.budget -= 1;
         let read_inside = self.reads.iter().any(|r| r.len() > path.len() && r.starts_with(&path));
-        if classified && !read_inside && !self.declares_none(node) {
-            out.push(path);
+        if classified && !read_inside && !self.splits(node) {
+            out.push((path, subject));
             return;
         }
         // Below a classified node, fields inherit its classification; below `none`, nothing does.
@@ -265,33 +355,38 @@ impl<'a> Walker<'a> {
                 let own = class_of(child).or_else(|| class_of(deref(self.root, child)));
                 let mut here = path.clone();
                 here.push(Step::Key(name.clone()));
-                self.walk(child, here, own.or(inherited), out);
+                let subject = subject_declared(self.root, child).or(subject);
+                self.walk(child, here, own.or(inherited), subject, out);
             }
         }
         if let Some(items) = node.get("items") {
             let own = class_of(items).or_else(|| class_of(deref(self.root, items)));
             let mut here = path;
             here.push(Step::Each);
-            self.walk(items, here, own.or(inherited), out);
+            let subject = subject_declared(self.root, items).or(subject);
+            self.walk(items, here, own.or(inherited), subject, out);
         }
         self.ancestors.pop();
     }
 
-    /// Whether any field below `node` declares `classification: none`
-    /// (each node answered once).
-    fn declares_none(&mut self, node: &'a Value) -> bool {
+    /// Whether any field below `node` declares `classification: none` or a
+    /// subject of its own: the node is then sealed field by field (each
+    /// node answered once).
+    fn splits(&mut self, node: &'a Value) -> bool {
         let node = deref(self.root, node);
         let key = node as *const Value;
-        if let Some(known) = self.none_below.get(&key) {
+        if let Some(known) = self.split_below.get(&key) {
             return *known;
         }
         // Provisional answer while this node is being looked at (cycles).
-        self.none_below.insert(key, false);
+        self.split_below.insert(key, false);
         let children: Vec<&'a Value> = properties(node).into_iter().flat_map(|p| p.values()).chain(node.get("items")).collect();
-        let found = children
-            .into_iter()
-            .any(|child| class_of(child).or_else(|| class_of(deref(self.root, child))) == Some(NONE) || self.declares_none(child));
-        self.none_below.insert(key, found);
+        let found = children.into_iter().any(|child| {
+            class_of(child).or_else(|| class_of(deref(self.root, child))) == Some(NONE)
+                || subject_declared(self.root, child).is_some()
+                || self.splits(child)
+        });
+        self.split_below.insert(key, found);
         found
     }
 
@@ -426,13 +521,13 @@ pub fn upcaster_conflicts(event: &EventType) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
     for (ui, upcaster) in event.upcasters.iter().enumerate() {
         // The sealed paths of the version this upcaster produces.
-        let sealed = plan(event, upcaster.from + 1).paths;
+        let sealed: Vec<SealPath> = plan(event, upcaster.from + 1).paths.into_iter().map(|(p, _)| p).collect();
         let inside = |field: &FieldPath| {
             let f = keys(field);
             sealed.iter().find(|p| f.starts_with(p)).map(|p| (to_strings(p).join("."), f.len() > p.len()))
         };
         // And of the version it reads.
-        let before = plan(event, upcaster.from).paths;
+        let before: Vec<SealPath> = plan(event, upcaster.from).paths.into_iter().map(|(p, _)| p).collect();
         for (si, step) in upcaster.steps.iter().enumerate() {
             if let UpcastStep::Move { from, .. } = step {
                 let f = keys(from);
@@ -484,6 +579,10 @@ mod tests {
         s.split('.').map(|k| if k == "[]" { Step::Each } else { Step::Key(k.to_owned()) }).collect()
     }
 
+    fn paths_of(plan: &SealPlan) -> Vec<SealPath> {
+        plan.paths.iter().map(|(p, _)| p.clone()).collect()
+    }
+
     fn event(schema: Value, subject: &str, upcasters: Vec<Upcaster>) -> EventType {
         let version = upcasters.iter().map(|u| u.from + 1).max().unwrap_or(1);
         EventType { description: None, version, subject: FieldPath::parse(subject), schema, upcasters }
@@ -520,8 +619,8 @@ mod tests {
         let mut payload = json!({"customer_id": "C1", "email": "a@b.c", "flag": true, "home": {"street": "1 Main St", "city": "Oslo"},
             "recipient": {"name": "Ada", "address": {"street": "2 High St", "city": "Leeds", "country": "GB"}},
             "emails": ["x@y.z", null], "lines": [{"sku": "S1", "gift_note": "hi"}, {"sku": "S2"}]});
-        assert_eq!(plan.subject_of(&payload).as_deref(), Some("C1"));
-        plan.apply(&mut payload, &mut |v| Ok::<_, ()>(json!(format!("sealed:{v}")))).unwrap();
+        assert_eq!(plan.subject_id(0, &payload).as_deref(), Some("C1"));
+        plan.apply(&mut payload, &mut |_, v| Ok::<_, ()>(json!(format!("sealed:{v}")))).unwrap();
         assert_eq!(
             payload,
             json!({"customer_id": "C1", "email": "sealed:\"a@b.c\"", "flag": true, "home": "sealed:{\"street\":\"1 Main St\",\"city\":\"Oslo\"}",
@@ -555,16 +654,16 @@ mod tests {
         ];
         let e = event(schema, "customer.id", upcasters);
         let v3 = plan(&e, 3);
-        assert_eq!(v3.paths, vec![path("customer.email"), path("full_name")]);
+        assert_eq!(paths_of(&v3), vec![path("customer.email"), path("full_name")]);
         let v2 = plan(&e, 2);
-        assert_eq!(v2.subject, FieldPath::parse("customer_id"));
-        assert_eq!(v2.paths, vec![path("customer_email"), path("full_name")]);
+        assert_eq!(v2.subjects, vec![FieldPath::parse("customer_id").unwrap()]);
+        assert_eq!(paths_of(&v2), vec![path("customer_email"), path("full_name")]);
         let v1 = plan(&e, 1);
-        assert_eq!(v1.paths, vec![path("customer_email"), path("name"), path("nickname")]);
+        assert_eq!(paths_of(&v1), vec![path("customer_email"), path("name"), path("nickname")]);
         // Sealed at its version, then upcast, the payload has its tokens where the current schema says.
         let mut old = json!({"customer_id": "C9", "customer_email": "a@b.c", "name": "Ada", "nickname": "A"});
-        assert_eq!(v1.subject_of(&old).as_deref(), Some("C9"));
-        v1.apply(&mut old, &mut |v| Ok::<_, ()>(json!(format!("sealed:{v}")))).unwrap();
+        assert_eq!(v1.subject_id(0, &old).as_deref(), Some("C9"));
+        v1.apply(&mut old, &mut |_, v| Ok::<_, ()>(json!(format!("sealed:{v}")))).unwrap();
         let up = crate::upcast(&e, 1, old).unwrap();
         assert_eq!(up, json!({"customer": {"id": "C9", "email": "sealed:\"a@b.c\""}, "full_name": "sealed:\"Ada\""}));
         assert!(upcaster_conflicts(&e).is_empty());
@@ -593,9 +692,9 @@ mod tests {
         let schema = json!({"type": "object", "properties": {"id": {"type": "string"},
             "home": {"type": "object", "classification": "pii.address", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}}});
         let e = event(schema, "id", vec![]);
-        assert_eq!(plan(&e, 1).paths, vec![path("home")]);
+        assert_eq!(paths_of(&plan(&e, 1)), vec![path("home")]);
         let reads = [FieldPath::parse("home.city").unwrap()];
-        assert_eq!(plan_reading(&e, 1, &reads).paths, vec![path("home.city"), path("home.street")]);
+        assert_eq!(paths_of(&plan_reading(&e, 1, &reads)), vec![path("home.city"), path("home.street")]);
     }
 
     #[test]
@@ -629,5 +728,53 @@ mod tests {
         assert_eq!(conflicts.len(), 2, "{conflicts:?}");
         assert!(conflicts[0].2.contains("cannot change its value"));
         assert!(conflicts[1].2.contains("cannot reach into it"));
+    }
+
+    #[test]
+    fn an_event_about_two_persons_seals_each_field_under_its_own_subject() {
+        // A transfer: the payer's and the payee's personal fields, each under
+        // its own subject; the note (no subject declared) under the event's.
+        let schema = json!({"type": "object", "properties": {
+            "sender": {"type": "string"},
+            "note": {"type": "string", "classification": "pii.free_text"},
+            "parties": {"type": "object", "classification": "pii.contact", "properties": {
+                "payer": {"type": "object", "subject": "parties.payer.id", "properties": {
+                    "id": {"type": "string"}, "email": {"type": "string"}}},
+                "payee": {"$ref": "#/$defs/payee"}}}},
+            "$defs": {"payee": {"type": "object", "subject": "parties.payee.id", "properties": {
+                "id": {"type": "string"}, "email": {"type": "string", "classification": "pii.email"}}}}});
+        let upcasters = vec![Upcaster {
+            from: 1,
+            description: None,
+            steps: vec![UpcastStep::Move { from: FieldPath::parse("payee").unwrap(), to: FieldPath::parse("parties.payee").unwrap() }],
+        }];
+        let e = event(schema, "sender", upcasters);
+        let now = plan(&e, 2);
+        assert_eq!(
+            now.subjects,
+            vec![
+                FieldPath::parse("sender").unwrap(),
+                FieldPath::parse("parties.payer.id").unwrap(),
+                FieldPath::parse("parties.payee.id").unwrap()
+            ]
+        );
+        // The classified `parties` is split: each person's object is sealed whole, under its subject.
+        assert_eq!(now.paths, vec![(path("note"), Some(0)), (path("parties.payee"), Some(2)), (path("parties.payer"), Some(1))]);
+        let payload = json!({"sender": "S1", "note": "rent", "parties": {"payer": {"id": "C1", "email": "a@b.c"}, "payee": {"id": "C2"}}});
+        assert_eq!(now.subjects_holding(&payload), vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(now.subject_id(2, &payload).as_deref(), Some("C2"));
+        let mut sealed = payload.clone();
+        now.apply(&mut sealed, &mut |s, v| Ok::<_, ()>(json!(format!("{}:{v}", s.unwrap())))).unwrap();
+        assert!(sealed["parties"]["payer"].as_str().unwrap().starts_with("1:{"), "{sealed}");
+        assert_eq!(sealed["parties"]["payee"], json!("2:{\"id\":\"C2\"}"));
+        assert_eq!(sealed["note"], json!("0:\"rent\""));
+        // At version 1 the payee was at the top: its subject is found there.
+        let old = plan(&e, 1);
+        assert_eq!(old.subjects[2], FieldPath::parse("payee.id").unwrap());
+        assert!(old.paths.contains(&(path("payee"), Some(2))), "{:?}", old.paths);
+        // Without an event subject, a field without its own has none: lint refuses it.
+        let mut bare = e.clone();
+        bare.subject = None;
+        assert_eq!(plan(&bare, 2).paths[0], (path("note"), None));
     }
 }

@@ -141,28 +141,48 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
         p
     });
     if let Some(path) = &subject {
-        match payload::resolve(&e.schema, path) {
-            Ok(field) => {
-                if !field.always_present {
-                    cx.push(
-                        Diagnostic::error(
-                            Code::SubjectInvalid,
-                            format!("{at}/subject"),
-                            format!("the subject `{path}` is not required in the payload"),
-                        )
-                        .help("every event must name its data subject: list the field under `required` at each level"),
-                    );
-                }
-                if !field.types.iter().all(|t| matches!(*t, "string" | "integer")) || field.types.is_empty() {
-                    cx.push(Diagnostic::error(
-                        Code::SubjectInvalid,
-                        format!("{at}/subject"),
-                        format!("the subject `{path}` must be a string or an integer identifier"),
-                    ));
-                }
-            }
-            Err(u) => cx.push(unresolved(Code::SubjectInvalid, format!("{at}/subject"), path, &u, &format!("the subject `{path}`"))),
+        check_subject(cx, &format!("{at}/subject"), &e.schema, path);
+    }
+    // An event about several persons: a field may name its own subject.
+    let declaring: Vec<payload::Property> =
+        payload::walk(&e.schema).into_iter().filter(|p| crate::seal::subject_declared(&e.schema, p.schema).is_some()).collect();
+    for prop in &declaring {
+        let pointer = match prop.schema.get("subject") {
+            Some(_) => format!("{schema_at}{}/subject", prop.pointer),
+            None => format!(
+                "{schema_at}{}/subject",
+                prop.schema.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')).unwrap_or(&prop.pointer)
+            ),
+        };
+        let declared = crate::seal::subject_declared(&e.schema, prop.schema).unwrap_or_default();
+        match FieldPath::parse(declared) {
+            Some(path) => check_subject(cx, &pointer, &e.schema, &path),
+            None => cx.push(
+                Diagnostic::error(Code::SubjectInvalid, pointer.clone(), format!("`{declared}` is not a payload path"))
+                    .help("write the dotted payload path of the identifier of the person this field is about, e.g. payer.customer_id"),
+            ),
         }
+        if let Some(outer) =
+            declaring.iter().find(|o| prop.path.starts_with(&format!("{}.", o.path)) || prop.path.starts_with(&format!("{}[]", o.path)))
+        {
+            cx.push(
+                Diagnostic::error(
+                    Code::SubjectInvalid,
+                    pointer,
+                    format!(
+                        "`{}` names a subject inside `{}`, which names one too: a personal field must have exactly one subject",
+                        prop.path, outer.path
+                    ),
+                )
+                .help("name the subject on the outer field or on the inner fields, not both"),
+            );
+        }
+    }
+    if e.schema.get("subject").is_some() {
+        cx.push(
+            Diagnostic::error(Code::SubjectInvalid, format!("{schema_at}/subject"), "the payload schema itself cannot name a subject")
+                .help("name the event's subject with `subject:` beside `schema:`"),
+        );
     }
 
     let mut upcasters: Vec<Upcaster> =
@@ -240,6 +260,29 @@ fn check_payload_schema(cx: &mut Ctx, at: &str, schema: &Value) {
             Diagnostic::error(Code::PayloadSchemaInvalid, at, "a payload schema must describe an object")
                 .help("start the schema with `type: object` and list the fields under `properties`"),
         );
+    }
+}
+
+/// A data subject named at `at`: a payload path to an identifier (a
+/// string or an integer) that every payload has.
+fn check_subject(cx: &mut Ctx, at: &str, schema: &Value, path: &FieldPath) {
+    match payload::resolve(schema, path) {
+        Ok(field) => {
+            if !field.always_present {
+                cx.push(
+                    Diagnostic::error(Code::SubjectInvalid, at.to_owned(), format!("the subject `{path}` is not required in the payload"))
+                        .help("every event must name its data subject: list the field under `required` at each level"),
+                );
+            }
+            if !field.types.iter().all(|t| matches!(*t, "string" | "integer")) || field.types.is_empty() {
+                cx.push(Diagnostic::error(
+                    Code::SubjectInvalid,
+                    at.to_owned(),
+                    format!("the subject `{path}` must be a string or an integer identifier"),
+                ));
+            }
+        }
+        Err(u) => cx.push(unresolved(Code::SubjectInvalid, at.to_owned(), path, &u, &format!("the subject `{path}`"))),
     }
 }
 

@@ -290,6 +290,12 @@ impl Config {
         }
     }
 
+    /// The file the key-encryption key is kept in, for the embedded
+    /// database with no key configured (`None` otherwise).
+    pub fn kek_file(&self) -> Option<PathBuf> {
+        (self.kek.is_none() && self.database_url.is_none()).then(|| self.data_dir.join("kek.key"))
+    }
+
     /// The configured principals, with their tokens hashed.
     pub fn principal_records(&self) -> Result<Vec<PrincipalRecord>, String> {
         self.principals
@@ -314,8 +320,8 @@ impl Config {
     }
 }
 
-/// Writes a secret readable by its owner only.
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a secret into a new file only its owner may read.
+pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

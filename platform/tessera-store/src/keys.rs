@@ -149,14 +149,26 @@ impl Store {
 
     /// The data keys `ids` of `domain` that still exist, unwrapped.
     async fn unwrap_keys(&self, domain: &str, ids: &BTreeSet<i64>) -> Result<Vec<(i64, Sealer)>> {
-        let sql = match self.backend() {
-            Backend::Sqlite => "SELECT id, subject, wrapped FROM data_keys WHERE domain = $1 AND id IN (SELECT value FROM json_each($2))",
-            Backend::Postgres => {
-                "SELECT id, subject, wrapped FROM data_keys WHERE domain = $1 AND id IN (SELECT json_array_elements_text($2::json)::bigint)"
-            }
+        let found = self.keys_where(domain, "id", "bigint", ids).await?;
+        Ok(found.into_iter().map(|(id, _, sealer)| (id, sealer)).collect())
+    }
+
+    /// The data keys of `domain` whose `column` (`id` or `subject`, of SQL
+    /// type `cast` on PostgreSQL) is among `values`, unwrapped.
+    async fn keys_where<T: Serialize>(
+        &self,
+        domain: &str,
+        column: &'static str,
+        cast: &'static str,
+        values: &BTreeSet<T>,
+    ) -> Result<Vec<(i64, String, Sealer)>> {
+        let list = match self.backend() {
+            Backend::Sqlite => "SELECT value FROM json_each($2)".to_owned(),
+            Backend::Postgres => format!("SELECT json_array_elements_text($2::json)::{cast}"),
         };
-        let ids = serde_json::to_string(ids).map_err(|e| Error::Config(e.to_string()))?;
-        let rows = sqlx::query(sql).bind(domain).bind(ids).fetch_all(self.pool()).await?;
+        let sql = format!("SELECT id, subject, wrapped FROM data_keys WHERE domain = $1 AND {column} IN ({list})");
+        let values = serde_json::to_string(values).map_err(|e| Error::Config(e.to_string()))?;
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(domain).bind(values).fetch_all(self.pool()).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let (id, subject, wrapped): (i64, String, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
@@ -165,7 +177,7 @@ impl Store {
                     "data key {id} of domain `{domain}` does not unwrap: {e}; is the key-encryption key the one the store was created with?"
                 ))
             })?;
-            out.push((id, Sealer::new(id, &key)));
+            out.push((id, subject, Sealer::new(id, &key)));
         }
         Ok(out)
     }
@@ -254,27 +266,53 @@ impl Store {
 
     /// The keys `subjects` of `domain` have, unwrapped.
     async fn existing_keys(&self, domain: &str, subjects: &BTreeSet<String>) -> Result<Vec<(String, Sealer)>> {
-        let select = match self.backend() {
-            Backend::Sqlite => {
-                "SELECT id, subject, wrapped FROM data_keys WHERE domain = $1 AND subject IN (SELECT value FROM json_each($2))"
-            }
-            Backend::Postgres => {
-                "SELECT id, subject, wrapped FROM data_keys WHERE domain = $1 AND subject IN (SELECT json_array_elements_text($2::json))"
-            }
-        };
-        let list = serde_json::to_string(subjects).map_err(|e| Error::Config(e.to_string()))?;
-        let rows = sqlx::query(select).bind(domain).bind(list).fetch_all(self.pool()).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (id, subject, wrapped): (i64, String, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let key = self
-                .inner
-                .kek
-                .unwrap(&wrapped, KeyContext { id, domain, subject: &subject })
-                .map_err(|e| Error::Config(format!("data key {id} of domain `{domain}` does not unwrap: {e}")))?;
-            out.push((subject, Sealer::new(id, &key)));
+        let found = self.keys_where(domain, "subject", "text", subjects).await?;
+        Ok(found.into_iter().map(|(_, subject, sealer)| (subject, sealer)).collect())
+    }
+
+    /// Re-wraps every data key under `new` (rotating the key-encryption
+    /// key): the keys themselves, and so every token, stay as they are. One
+    /// transaction: every key is re-wrapped, or none. Processes still
+    /// running with the old key-encryption key cannot unwrap the keys
+    /// afterwards (their reads and appends of personal values fail with a
+    /// clear error) and must be restarted with the new one; it returns the
+    /// number of keys re-wrapped.
+    pub async fn rotate_kek(&self, new: &tessera_seal::Kek) -> Result<u64> {
+        let old = &self.inner.kek;
+        let mut tx = self.begin_write().await?;
+        if self.backend() == Backend::Postgres {
+            // No key may be created under the old key-encryption key meanwhile.
+            sqlx::query("LOCK TABLE data_keys IN EXCLUSIVE MODE").execute(&mut **tx).await?;
         }
-        Ok(out)
+        let rows = sqlx::query("SELECT id, domain, subject, wrapped, kek FROM data_keys").fetch_all(&mut **tx).await?;
+        let mut rotated = 0u64;
+        for row in rows {
+            let (id, domain, subject, wrapped, fingerprint): (i64, String, String, Vec<u8>, String) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+            if fingerprint == new.fingerprint() {
+                continue;
+            }
+            let context = KeyContext { id, domain: &domain, subject: &subject };
+            let key = old.unwrap(&wrapped, context).map_err(|e| {
+                Error::Config(format!("data key {id} of domain `{domain}` does not unwrap under the current key-encryption key: {e}"))
+            })?;
+            let rewrapped = new.wrap(&key, context).map_err(|e| Error::Config(e.to_string()))?;
+            sqlx::query("UPDATE data_keys SET wrapped = $1, kek = $2 WHERE id = $3")
+                .bind(rewrapped)
+                .bind(new.fingerprint())
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            rotated += 1;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            keys = rotated,
+            from = old.fingerprint(),
+            to = new.fingerprint(),
+            "re-wrapped the data keys under a new key-encryption key"
+        );
+        Ok(rotated)
     }
 
     /// Refuses a key-encryption key other than the one that wrapped the

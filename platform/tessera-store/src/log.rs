@@ -126,11 +126,13 @@ struct Prepared {
     /// An earlier event of the same request with the same id and content:
     /// this one is stored once, as that one.
     repeat_of: Option<usize>,
-    /// The subject whose key seals the payload's classified fields.
-    subject: Option<String>,
-    /// The subject is forgotten: the payload could not be sealed, and the
-    /// event may only be a resend of one already stored.
-    forgotten: bool,
+    /// The identifiers of the subjects whose keys seal the payload's
+    /// classified fields, by their index in the event's seal plan (`None`
+    /// for a subject the payload holds no values of).
+    subjects: Vec<Option<String>>,
+    /// A subject of the event that is forgotten: the payload could not be
+    /// sealed, and the event may only be a resend of one already stored.
+    forgotten: Option<String>,
 }
 
 /// A request's events, validated and rendered as the parameters of the
@@ -270,7 +272,7 @@ impl Store {
         };
         // Nothing clear reaches the database: each event's classified
         // fields are sealed under its subject's key.
-        let subjects: BTreeSet<String> = prepared.iter().filter_map(|p| p.subject.clone()).collect();
+        let subjects: BTreeSet<String> = prepared.iter().flat_map(|p| p.subjects.iter().flatten().cloned()).collect();
         let sealers = self.sealers(domain, &subjects).await?;
         let batch = {
             let compiled = compiled.clone();
@@ -328,7 +330,7 @@ impl Store {
                 // resend is recognized by id, stream and type.
                 let same = s.stream == p.stream
                     && s.event_type == p.event_type
-                    && (p.forgotten || serde_json::from_str::<Value>(&s.payload).ok().as_ref() == Some(&p.payload));
+                    && (p.forgotten.is_some() || serde_json::from_str::<Value>(&s.payload).ok().as_ref() == Some(&p.payload));
                 if !same {
                     return Err(Error::EventIdConflict { index: p.index, id: p.id, position: s.position });
                 }
@@ -337,14 +339,12 @@ impl Store {
         let fresh: Vec<&Prepared> = events.iter().filter(|p| p.repeat_of.is_none() && !stored.contains_key(&p.id)).collect();
         // New events about a forgotten subject are refused; the ledger is read
         // again here, under the lock, for a forget that committed meanwhile.
-        let subjects: BTreeSet<String> = fresh.iter().filter_map(|p| p.subject.clone()).collect();
+        let subjects: BTreeSet<String> = fresh.iter().flat_map(|p| p.subjects.iter().flatten().cloned()).collect();
         let forgotten = if subjects.is_empty() { BTreeSet::new() } else { self.forgotten_among(&mut **tx, domain, &subjects).await? };
-        if let Some(p) = fresh.iter().find(|p| p.forgotten || p.subject.as_ref().is_some_and(|s| forgotten.contains(s))) {
-            return Err(Error::SubjectForgotten {
-                index: p.index,
-                domain: domain.to_owned(),
-                subject: p.subject.clone().unwrap_or_default(),
-            });
+        for p in &fresh {
+            if let Some(subject) = p.forgotten.clone().or_else(|| p.subjects.iter().flatten().find(|s| forgotten.contains(*s)).cloned()) {
+                return Err(Error::SubjectForgotten { index: p.index, domain: domain.to_owned(), subject });
+            }
         }
         if fresh.len() != events.len() {
             rows = rows_json(fresh.iter().copied())?;
@@ -753,33 +753,36 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
             }
         }
         // Only an event that holds personal values needs a subject to seal them under.
-        let plan = compiled.plan(&event.event_type, version).filter(|p| p.seals_anything() && p.holds_values(&event.payload));
-        let subject = match plan.map(|p| (p, p.subject_of(&event.payload))) {
-            None => None,
-            Some((plan, Some(subject))) if subject.len() > 256 || subject.chars().any(char::is_control) => {
-                let at = plan.subject.as_ref().map(|s| format!("/payload/{}", s.0.join("/"))).unwrap_or_default();
+        let plan = compiled.plan(&event.event_type, version).filter(|p| p.seals_anything());
+        let subjects = match plan.map(|plan| (plan, plan.subject_ids(&event.payload))) {
+            None => Vec::new(),
+            Some((_, Ok(ids))) => match ids.iter().flatten().find(|id| id.len() > 256 || id.chars().any(char::is_control)) {
+                None => ids,
+                Some(bad) => {
+                    let at = plan.and_then(|p| ids.iter().position(|i| i.as_ref() == Some(bad)).and_then(|i| p.subjects.get(i)));
+                    problems.push(EventProblem {
+                        index,
+                        line: event.line,
+                        pointer: at.map(|s| format!("/payload/{}", s.0.join("/"))).unwrap_or_default(),
+                        code: "subject_invalid",
+                        message:
+                            "the subject's identifier must be 1 to 256 characters without control characters, so that it can be forgotten"
+                                .into(),
+                    });
+                    continue;
+                }
+            },
+            Some((plan, Err(missing))) => {
+                let path = missing.and_then(|i| plan.subjects.get(i));
                 problems.push(EventProblem {
                     index,
                     line: event.line,
-                    pointer: at,
-                    code: "subject_invalid",
-                    message: "the subject's identifier must be 1 to 256 characters without control characters, so that it can be forgotten"
-                        .into(),
-                });
-                continue;
-            }
-            Some((_, Some(subject))) => Some(subject),
-            Some((plan, None)) => {
-                let at = plan.subject.as_ref().map(|s| format!("/payload/{}", s.0.join("/"))).unwrap_or_else(|| "/payload".into());
-                problems.push(EventProblem {
-                    index,
-                    line: event.line,
-                    pointer: at,
+                    pointer: path.map(|s| format!("/payload/{}", s.0.join("/"))).unwrap_or_else(|| "/payload".into()),
                     code: "subject_missing",
                     message: format!(
                         "the `{}` payload holds personal data but no subject to seal it under{}; give the subject's identifier (a non-empty string or integer)",
                         event.event_type,
-                        plan.subject.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default()
+                        path.map(|s| format!(" at `{s}`")).unwrap_or_default()
                     ),
                 });
                 continue;
@@ -798,8 +801,8 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
             metadata,
             expected: event.expected,
             repeat_of,
-            subject,
-            forgotten: false,
+            subjects,
+            forgotten: None,
         });
     }
     if !problems.is_empty() {
@@ -812,21 +815,26 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
 /// renders the parameters of the write statements.
 fn seal_and_render(compiled: &crate::compiled::Compiled, mut prepared: Vec<Prepared>, sealers: &crate::keys::Sealers) -> Result<Batch> {
     for p in &mut prepared {
-        let Some(subject) = &p.subject else { continue };
+        if p.subjects.iter().all(Option::is_none) {
+            continue;
+        }
         let version = u32::try_from(p.schema_version).unwrap_or(0);
         let Some(plan) = compiled.plan(&p.event_type, version) else { continue };
-        match sealers.get(subject) {
-            Some(Some(sealer)) => {
-                plan.apply(&mut p.payload, &mut |v| Ok::<_, std::convert::Infallible>(Value::String(sealer.seal(v).to_string())))
-                    .unwrap_or_else(|never| match never {});
+        let (subjects, index) = (&p.subjects, p.index);
+        let mut forgotten = None;
+        plan.apply(&mut p.payload, &mut |subject, v| {
+            let id = subject.and_then(|i| subjects.get(i)).and_then(Option::as_ref);
+            match id.map(|id| (id, sealers.get(id))) {
+                Some((_, Some(Some(sealer)))) => Ok(Value::String(sealer.seal(v).to_string())),
+                // Forgotten: the payload is never stored (see `write`); drop its values now.
+                Some((id, Some(None))) => {
+                    forgotten = Some(id.clone());
+                    Ok(Value::Null)
+                }
+                _ => Err(Error::Config(format!("no data key was made for a subject of event {index}"))),
             }
-            // Forgotten: the payload is never stored (see `write`); drop its values now.
-            Some(None) => {
-                plan.apply(&mut p.payload, &mut |_| Ok::<_, std::convert::Infallible>(Value::Null)).unwrap_or_else(|never| match never {});
-                p.forgotten = true;
-            }
-            None => return Err(Error::Config(format!("no data key was made for the subject of event {}", p.index))),
-        }
+        })?;
+        p.forgotten = forgotten;
     }
     let rows = rows_json(prepared.iter().filter(|p| p.repeat_of.is_none()))?;
     let explicit: Vec<String> = prepared.iter().filter(|p| p.explicit_id).map(|p| p.id.simple().to_string()).collect();

@@ -80,33 +80,29 @@ impl Store {
                     continue;
                 };
                 let Ok(payload) = serde_json::from_str::<Value>(&payload) else { continue };
-                let mut probe = payload.clone();
                 let mut needs = false;
-                plan.visit(&mut probe, &mut |v| {
-                    needs |= !v.as_str().is_some_and(|s| s.starts_with(tessera_seal::TOKEN_PREFIX));
-                    Ok::<_, std::convert::Infallible>(())
-                })
-                .unwrap_or_else(|never| match never {});
+                plan.each_value(&payload, &mut |_, v| needs |= !v.as_str().is_some_and(|s| s.starts_with(tessera_seal::TOKEN_PREFIX)));
                 if !needs {
                     continue;
                 }
-                let Some(subject) = plan.subject_of(&payload) else {
+                let Ok(ids) = plan.subject_ids(&payload) else {
                     tracing::warn!(product = %format!("{domain}/{name}"), position, "an event with personal fields has no subject: it cannot be sealed");
                     continue;
                 };
-                clear.push((position, event_type, version, payload, subject));
+                clear.push((position, event_type, version, payload, ids));
             }
             if clear.is_empty() {
                 continue;
             }
-            let subjects: BTreeSet<String> = clear.iter().map(|c| c.4.clone()).collect();
+            let subjects: BTreeSet<String> = clear.iter().flat_map(|c| c.4.iter().flatten().cloned()).collect();
             let sealers = self.sealers(domain, &subjects).await?;
             let mut tx = self.begin_write().await?;
-            for (position, event_type, version, mut payload, subject) in clear {
+            for (position, event_type, version, mut payload, ids) in clear {
                 let Some(plan) = compiled.plan(&event_type, u32::try_from(version).unwrap_or(0)) else { continue };
-                let sealer = sealers.get(&subject).cloned().flatten();
-                plan.apply(&mut payload, &mut |v| {
-                    Ok::<_, std::convert::Infallible>(match &sealer {
+                plan.apply(&mut payload, &mut |subject, v| {
+                    let sealer =
+                        subject.and_then(|i| ids.get(i)).and_then(Option::as_ref).and_then(|id| sealers.get(id)).cloned().flatten();
+                    Ok::<_, std::convert::Infallible>(match sealer {
                         Some(s) => Value::String(s.seal(v).to_string()),
                         // A forgotten subject: its values are dropped.
                         None => Value::Null,

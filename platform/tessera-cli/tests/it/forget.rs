@@ -30,15 +30,14 @@ fn personal_values() -> BTreeMap<String, BTreeSet<String>> {
             let Some(spec) = contract.events.get(event["type"].as_str().unwrap()) else { continue };
             let version = event["schema_version"].as_u64().map_or(spec.version, |v| u32::try_from(v).unwrap());
             let plan = tessera_contract::seal::plan_for(&contract, event["type"].as_str().unwrap(), version).unwrap();
-            let mut payload = event["payload"].clone();
-            let Some(subject) = plan.subject_of(&payload) else { continue };
-            let mut values = Vec::new();
-            plan.visit(&mut payload, &mut |v| {
+            let payload = &event["payload"];
+            let Ok(ids) = plan.subject_ids(payload) else { continue };
+            plan.each_value(payload, &mut |subject, v| {
+                let Some(id) = subject.and_then(|i| ids[i].clone()) else { return };
+                let mut values = Vec::new();
                 strings(v, &mut values);
-                Ok::<_, ()>(())
-            })
-            .unwrap();
-            out.entry(subject).or_default().extend(values.into_iter().filter(|s| s.chars().count() >= 6));
+                out.entry(id).or_default().extend(values.into_iter().filter(|s| s.chars().count() >= 6));
+            });
         }
     }
     out
@@ -171,9 +170,27 @@ fn a_forgotten_subject_reads_null_everywhere_and_nothing_clear_is_stored() {
             !caller.sql(Some(&owner), &format!("SELECT 1 AS x FROM {table} WHERE {column} = '{subject}' LIMIT 1")).is_empty()
         })
     };
-    let mut candidates = values.keys().filter(|s| s.starts_with("CUS-")).filter(|s| in_every_product(s));
-    let (target, control) =
-        (candidates.next().expect("a customer in every product").clone(), candidates.next().expect("a second one").clone());
+    // The catalog's sample rows of the customers' table: the subject to forget is one shown there.
+    let sample = || {
+        let (status, body) =
+            caller.request("GET", "/api/v1/products/customers/profiles/sample?table=profiles&limit=100", Some(&owner), None);
+        assert_eq!(status, 200, "{body}");
+        let columns: Vec<String> = body["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect();
+        let rows: Vec<Value> = body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| Value::Object(columns.iter().cloned().zip(r.as_array().unwrap().iter().cloned()).collect()))
+            .collect();
+        rows
+    };
+    let shown: BTreeSet<String> = sample().iter().filter_map(|r| r["customer_id"].as_str().map(str::to_owned)).collect();
+    let mut candidates: Vec<&String> = values.keys().filter(|s| s.starts_with("CUS-")).filter(|s| in_every_product(s)).collect();
+    candidates.sort_by_key(|s| !shown.contains(*s));
+    assert!(shown.contains(candidates[0]), "a customer in every product is among the sample rows");
+    let (target, control) = (candidates[0].clone(), candidates.get(1).expect("a second customer in every product").to_string());
+    // Every table as it was once the demo was loaded: read again by time after the forget.
+    let loaded_at = chrono::Utc::now().to_rfc3339();
 
     // Before any forget: nothing clear on disk or in the log, owners read clear values.
     let on_disk = |exclude_log: bool| -> Vec<(String, Vec<u8>)> {
@@ -213,7 +230,7 @@ fn a_forgotten_subject_reads_null_everywhere_and_nothing_clear_is_stored() {
     for token in [Some(owner.as_str()), Some(steward.as_str()), Some(analyst.as_str()), None] {
         for (table, column, classified) in TABLES {
             let list = classified.join(", ");
-            for from in [table.to_owned(), format!("as_of('{table}', 1)")] {
+            for from in [table.to_owned(), format!("as_of('{table}', 1)"), format!("as_of('{table}', '{loaded_at}')")] {
                 let rows = caller.sql(token, &format!("SELECT {list} FROM {from} WHERE {column} = '{target}'"));
                 for row in &rows {
                     for c in classified {
@@ -246,6 +263,15 @@ fn a_forgotten_subject_reads_null_everywhere_and_nothing_clear_is_stored() {
     assert!(target_row[0]["country"].is_string() && target_row[0]["registered_at"].is_string(), "{target_row:?}");
     assert_eq!(counts(&owner), counts_before, "row counts");
 
+    // The catalog's sample rows.
+    let rows = sample();
+    let shown: Vec<&Value> = rows.iter().filter(|r| r["customer_id"] == json!(target)).collect();
+    assert_eq!(shown.len(), 1, "the subject's row is still shown");
+    for c in TABLES[0].2 {
+        assert_eq!(shown[0][*c], Value::Null, "sample rows: {c}");
+    }
+    assert!(shown[0]["country"].is_string(), "{}", shown[0]);
+
     // Entity state (at the head and at an early position) and the raw log.
     for as_of in ["", "?as_of=1"] {
         let (status, state) =
@@ -265,6 +291,63 @@ fn a_forgotten_subject_reads_null_everywhere_and_nothing_clear_is_stored() {
     let event = json!({"stream": "ORD-FORGET-1", "type": "OrderPlaced", "payload": {"order_id": "ORD-FORGET-1", "customer": {"id": target, "email": "new@example.com", "name": "New Name"}, "placed_at": "2026-12-01T10:00:00Z", "total": 10.0, "currency": "EUR", "channel": "web"}});
     let (status, body) = caller.request("POST", "/api/v1/products/sales/orders/events", Some(&owner_sales), Some(event));
     assert_eq!((status, body["code"].as_str()), (409, Some("subject_forgotten")), "{body}");
+
+    // No table keeps statistics of a sealed column: min/max values would be clear values.
+    for (path, bytes) in files(&data.path().join("warehouse")) {
+        let commit = path.extension().is_some_and(|e| e == "json") && path.parent().is_some_and(|p| p.ends_with("_delta_log"));
+        if !commit {
+            continue;
+        }
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            let action: Value = serde_json::from_str(line).unwrap();
+            let Some(stats) = action["add"]["stats"].as_str() else { continue };
+            let stats: Value = serde_json::from_str(stats).unwrap();
+            for (_, _, classified) in TABLES {
+                for c in classified {
+                    for kind in ["minValues", "maxValues"] {
+                        assert!(stats[kind].get(*c).is_none(), "{} keeps {kind} of the sealed column {c}: {stats}", path.display());
+                    }
+                }
+            }
+        }
+    }
+
+    // A new major version projects the whole log again: still null, and the previous version too.
+    let contract = std::fs::read_to_string(repo().join("products/customers-profiles/contract.yaml")).unwrap();
+    let v2 = contract.replacen("version: 1.4.0", "version: 2.0.0", 1);
+    assert_ne!(v2, contract, "the contract's version is where the test expects it");
+    let published = caller.runtime.block_on(async {
+        let r = caller
+            .client
+            .post(format!("{}/api/v1/products", server.base))
+            .bearer_auth(&owner)
+            .header("content-type", "application/yaml")
+            .body(v2)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(published.0, 201, "{}", published.1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, product) = caller.request("GET", "/api/v1/products/customers/profiles", Some(&owner), None);
+        if product["projection"]["generation"] == "v2" && product["projection"]["generations"][1]["state"] == "live" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "v2 did not go live: {:#}", product["projection"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (table, column, classified) = TABLES[0];
+    for from in [table.to_owned(), "customers.\"profiles@v1\".profiles".to_owned()] {
+        let rows = caller.sql(Some(&owner), &format!("SELECT {} FROM {from} WHERE {column} = '{target}'", classified.join(", ")));
+        assert_eq!(rows.len(), 1, "{from}");
+        for c in classified {
+            assert_eq!(rows[0][*c], Value::Null, "{c} of {from} after a new major version");
+        }
+    }
+    let control_v2 = caller.sql(Some(&owner), &format!("SELECT email FROM {table} WHERE {column} = '{control}'"));
+    assert!(control_v2[0]["email"].as_str().is_some_and(|e| e.contains('@')), "the control subject in v2: {control_v2:?}");
 
     // Nothing of the subject is readable by an outside reader either.
     if let Some(python) = &python {

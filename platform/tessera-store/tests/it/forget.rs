@@ -7,12 +7,14 @@ use tessera_contract::Role;
 use tessera_store::{Error, Principal};
 
 use crate::on_both;
-use crate::support::{TestDb, analyst, owner, sample_orders, with_orders};
+use crate::support::{TestDb, analyst, owner, sample_orders, test_kek, with_orders};
 
 on_both!(
     forgetting_a_subject_destroys_its_values_and_refuses_new_events,
     only_stewards_and_members_forget,
     a_log_stored_in_clear_is_sealed_at_open,
+    an_event_about_two_persons_is_sealed_per_person,
+    rotating_the_kek_rewraps_every_key,
 );
 
 fn steward() -> Principal {
@@ -159,4 +161,120 @@ async fn a_log_stored_in_clear_is_sealed_at_open(db: &TestDb) {
         .try_get(0)
         .expect("count");
     assert_eq!(marked, 1, "it runs once");
+}
+
+/// A product whose event is about two persons: a transfer between two
+/// customers, each party's fields sealed under that party's key.
+const TRANSFERS: &str = r#"
+domain: payments
+name: transfers
+version: 1.0.0
+title: Transfers between customers
+description: Money sent from one customer to another.
+owner: { team: payments-core, contact: https://chat.example.com/payments }
+events:
+  MoneySent:
+    version: 1
+    schema:
+      type: object
+      required: [transfer_id, payer, payee, amount]
+      properties:
+        transfer_id: { type: string }
+        amount: { type: number }
+        payer:
+          type: object
+          subject: payer.customer_id
+          required: [customer_id]
+          properties:
+            customer_id: { type: string }
+            email: { type: string, classification: pii.email }
+        payee:
+          type: object
+          subject: payee.customer_id
+          required: [customer_id]
+          properties:
+            customer_id: { type: string }
+            email: { type: string, classification: pii.email }
+tables:
+  transfers:
+    description: One row per transfer.
+    append:
+      from:
+        MoneySent:
+          set:
+            transfer_id: payload.transfer_id
+            amount: payload.amount
+            payer_email: payload.payer.email
+            payee_email: payload.payee.email
+    columns:
+      transfer_id: { type: string, required: true, description: Transfer identifier }
+      amount: { type: float64, description: Amount sent }
+      payer_email: { type: string, classification: pii.email, description: The payer's email }
+      payee_email: { type: string, classification: pii.email, description: The payee's email }
+"#;
+
+fn transfer(id: &str, payer: &str, payee: &str) -> tessera_store::EventInput {
+    let line = json!({"stream": id, "type": "MoneySent", "payload": {"transfer_id": id, "amount": 10.5,
+        "payer": {"customer_id": payer, "email": format!("{payer}@payer.example")},
+        "payee": {"customer_id": payee, "email": format!("{payee}@payee.example")}}});
+    tessera_store::envelope::parse_ndjson(line.to_string().as_bytes()).expect("a transfer").remove(0)
+}
+
+async fn an_event_about_two_persons_is_sealed_per_person(db: &TestDb) {
+    let store = &db.store;
+    store.publish(&owner("payments"), TRANSFERS).await.expect("publish payments/transfers");
+    store.append(&owner("payments"), "payments", "transfers", vec![transfer("T1", "CUS-A", "CUS-B")]).await.expect("append");
+    let text = &stored(db, "T1").await[0];
+    assert!(!text.contains("@payer.example") && !text.contains("@payee.example"), "both parties sealed: {text}");
+    let keys: Vec<String> = sqlx::query("SELECT subject FROM data_keys WHERE domain = 'payments' ORDER BY subject")
+        .fetch_all(store.pool())
+        .await
+        .expect("keys")
+        .iter()
+        .map(|r| r.try_get(0).expect("subject"))
+        .collect();
+    assert_eq!(keys, ["CUS-A", "CUS-B"], "one key per party");
+
+    store.forget(&owner("payments"), "payments", "CUS-A", "erasure request").await.expect("forget the payer");
+    let read = store.read_stream(&owner("payments"), "payments", "transfers", "T1", 1, 10).await.expect("read");
+    assert_eq!(read[0].payload["payer"]["email"], Value::Null, "the payer's fields are gone");
+    assert_eq!(read[0].payload["payee"]["email"], json!("CUS-B@payee.example"), "the payee's are not");
+    assert_eq!(read[0].payload["payer"]["customer_id"], json!("CUS-A"), "identifiers are not personal fields here");
+    // A new transfer from or to the forgotten customer is refused, naming them.
+    for (payer, payee) in [("CUS-A", "CUS-C"), ("CUS-C", "CUS-A")] {
+        match store.append(&owner("payments"), "payments", "transfers", vec![transfer("T2", payer, payee)]).await {
+            Err(e @ Error::SubjectForgotten { .. }) => assert!(e.to_string().contains("CUS-A"), "{e}"),
+            other => panic!("expected subject_forgotten, got {other:?}"),
+        }
+    }
+    store.append(&owner("payments"), "payments", "transfers", vec![transfer("T3", "CUS-B", "CUS-C")]).await.expect("others still transfer");
+}
+
+/// Rotating the key-encryption key re-wraps the data keys; the tokens in
+/// the log stay as they are, and open under the new key only.
+async fn rotating_the_kek_rewraps_every_key(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let samples = sample_orders();
+    store.append(&owner("sales"), "sales", "orders", samples.clone()).await.expect("append samples");
+    let placed = samples.iter().find(|e| e.event_type == "OrderPlaced" && e.schema_version == Some(2)).expect("a v2 OrderPlaced");
+    let before = stored(db, &placed.stream).await;
+    let keys: i64 = sqlx::query("SELECT COUNT(*) FROM data_keys").fetch_one(store.pool()).await.expect("count").try_get(0).expect("count");
+    assert!(keys > 1, "the samples have several subjects");
+
+    let new = tessera_store::Kek::parse(&"a1".repeat(32)).expect("a new key-encryption key");
+    assert_eq!(store.rotate_kek(&new).await.expect("rotate"), u64::try_from(keys).expect("count"));
+    assert_eq!(stored(db, &placed.stream).await, before, "no stored event is rewritten");
+
+    let rotated = tessera_store::Store::open(&db.url, tessera_contract::Policy::builtin(), new).await.expect("open with the new key");
+    let read = rotated.read_stream(&owner("sales"), "sales", "orders", &placed.stream, 1, 10).await.expect("read");
+    assert_eq!(read[0].payload["customer"]["email"], placed.payload["customer"]["email"], "opens under the new key");
+    match tessera_store::Store::open(&db.url, tessera_contract::Policy::builtin(), test_kek()).await {
+        Err(e) => assert!(e.to_string().contains("not the one that wrapped"), "{e}"),
+        Ok(_) => panic!("the old key-encryption key must be refused after a rotation"),
+    }
+    // A process still running with the old key fails clearly, and opens nothing.
+    let read = store.read_stream(&owner("sales"), "sales", "orders", &placed.stream, 1, 10).await;
+    assert!(read.is_err(), "{read:?}");
+    rotated.close().await;
 }

@@ -14,6 +14,11 @@ pub const PAYMENTS: &str = include_str!("../../../../products/payments-transacti
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// The key-encryption key of the test stores.
+pub fn test_kek() -> tessera_store::Kek {
+    tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key")
+}
+
 /// A database of one's own for one test.
 pub struct TestDb {
     pub url: String,
@@ -26,9 +31,7 @@ impl TestDb {
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let url = tessera_store::db::sqlite_url(dir.path());
-        let store = Store::open(&url, Policy::builtin(), tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"))
-            .await
-            .expect("open SQLite");
+        let store = Store::open(&url, Policy::builtin(), test_kek()).await.expect("open SQLite");
         Self { url, store, postgres: None, _dir: Some(dir) }
     }
 
@@ -50,17 +53,13 @@ impl TestDb {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("TESSERA_TEST_POSTGRES must end with /DATABASE"),
         };
-        let store = Store::open(&url, Policy::builtin(), tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"))
-            .await
-            .expect("open PostgreSQL");
+        let store = Store::open(&url, Policy::builtin(), test_kek()).await.expect("open PostgreSQL");
         Some(Self { url, store, postgres: Some((admin, name)), _dir: None })
     }
 
     /// A second, independent handle on the same database (as another process would have).
     pub async fn another_store(&self) -> Store {
-        Store::open(&self.url, Policy::builtin(), tessera_store::Kek::parse(&"7e".repeat(32)).expect("a test key-encryption key"))
-            .await
-            .expect("open again")
+        Store::open(&self.url, Policy::builtin(), test_kek()).await.expect("open again")
     }
 
     pub async fn finish(self) {
