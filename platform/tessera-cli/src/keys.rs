@@ -43,32 +43,41 @@ pub fn run(args: RotateKekArgs) -> Result<ExitCode> {
     if new.fingerprint() == old.fingerprint() {
         bail!("the new key-encryption key is the current one (fingerprint {})", old.fingerprint());
     }
-    let next = staged.as_ref().map(|(kept, _)| kept.with_extension("key.next"));
-    if let (Some(next), Some((_, text))) = (&next, &staged) {
-        let _ = std::fs::remove_file(next);
-        tessera_server::config::write_secret(next, text).with_context(|| format!("cannot write {}", next.display()))?;
-    }
     let policy = crate::contracts::load_policy(config.policy.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    // The store opens only under the key its data keys are wrapped with:
+    // nothing is written anywhere before that is known.
+    let store = runtime.block_on(Store::open(&config.database_url(), policy, old))?;
+    let next = staged.as_ref().map(|(kept, _)| kept.with_extension("key.next"));
+    if let (Some(next), Some((_, text))) = (&next, &staged) {
+        if next.exists() {
+            runtime.block_on(store.close());
+            bail!(
+                "{} is left from an earlier rotation; it may hold the key the data keys are wrapped under: if `tessera serve` refuses \
+                 the key in kek.key, move it over kek.key; otherwise delete it, then rotate again",
+                next.display()
+            );
+        }
+        tessera_server::config::write_secret(next, text).with_context(|| format!("cannot write {}", next.display()))?;
+    }
     let rotated = runtime.block_on(async {
-        let store = Store::open(&config.database_url(), policy, old).await?;
         let rotated = store.rotate_kek(&new).await;
         store.close().await;
         rotated
     });
-    let rotated = match rotated {
-        Ok(n) => n,
-        Err(e) => {
-            if let Some(next) = &next {
-                let _ = std::fs::remove_file(next);
-            }
-            return Err(e.into());
+    let rotated = rotated.with_context(|| match &next {
+        Some(next) => {
+            format!("the rotation failed; the new key stays in {} until it is known which key wraps the data keys", next.display())
         }
-    };
+        None => "the rotation failed; the data keys stay wrapped under the current key".to_owned(),
+    })?;
     if let (Some(next), Some((kept, _))) = (&next, &staged) {
         std::fs::rename(next, kept).with_context(|| {
             format!("the data keys are re-wrapped under the key in {}, but it could not replace {}", next.display(), kept.display())
         })?;
+        if let Some(dir) = kept.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
+        }
         println!(
             "re-wrapped {rotated} data keys under a new key-encryption key (fingerprint {}), kept in {}",
             new.fingerprint(),

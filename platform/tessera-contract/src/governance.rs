@@ -35,6 +35,7 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
                     .map(|s| match s {
                         crate::seal::Step::Key(k) => k.as_str(),
                         crate::seal::Step::Each => "[]",
+                        crate::seal::Step::Rest(_) => "*",
                     })
                     .collect::<Vec<_>>()
                     .join(".")

@@ -36,6 +36,10 @@ pub enum Step {
     Key(String),
     /// Every item of an array.
     Each,
+    /// Every field of an object that is not one of these: the fields a
+    /// classified object's schema does not list, when its listed fields are
+    /// sealed one by one (JSON Schema lets a payload carry more).
+    Rest(Vec<String>),
 }
 
 /// A path to the values to seal, e.g. `lines[].email`.
@@ -152,6 +156,9 @@ fn visit_ref(node: &Value, path: &[Step], f: &mut dyn FnMut(&Value)) {
             }
         }
         (Step::Each, Value::Array(items)) => items.iter().for_each(|item| visit_ref(item, rest, f)),
+        (Step::Rest(known), Value::Object(o)) => {
+            o.iter().filter(|(k, _)| !known.contains(k)).for_each(|(_, child)| visit_ref(child, rest, f));
+        }
         _ => {}
     }
 }
@@ -164,6 +171,9 @@ fn visit<E>(node: &mut Value, path: &[Step], f: &mut dyn FnMut(&mut Value) -> Re
             None => Ok(()),
         },
         (Step::Each, Value::Array(items)) => items.iter_mut().try_for_each(|item| visit(item, rest, f)),
+        (Step::Rest(known), Value::Object(o)) => {
+            o.iter_mut().filter(|(k, _)| !known.contains(k)).try_for_each(|(_, child)| visit(child, rest, f))
+        }
         _ => Ok(()),
     }
 }
@@ -279,6 +289,7 @@ fn to_strings(path: &[Step]) -> Vec<String> {
         .map(|s| match s {
             Step::Key(k) => k.clone(),
             Step::Each => "[]".to_owned(),
+            Step::Rest(_) => "*".to_owned(),
         })
         .collect()
 }
@@ -358,6 +369,16 @@ impl<'a> Walker<'a> {
                 let subject = subject_declared(self.root, child).or(subject);
                 self.walk(child, here, own.or(inherited), subject, out);
             }
+        }
+        // A classified object sealed field by field: whatever fields a
+        // payload has beyond those its schema lists are sealed too.
+        if classified
+            && let Some(props) = properties(node)
+            && node.get("additionalProperties") != Some(&Value::Bool(false))
+        {
+            let mut here = path.clone();
+            here.push(Step::Rest(props.keys().cloned().collect()));
+            out.push((here, subject));
         }
         if let Some(items) = node.get("items") {
             let own = class_of(items).or_else(|| class_of(deref(self.root, items)));
@@ -605,8 +626,13 @@ mod tests {
             "emails": {"type": "array", "items": {"type": "string", "classification": "pii.email"}},
             "lines": {"type": "array", "items": {"type": "object", "properties": {
                 "sku": {"type": "string"}, "gift_note": {"type": "string", "classification": "pii.free_text"}}}}}});
-        let mut paths = current_paths(&schema);
+        let (mut paths, rest): (Vec<SealPath>, Vec<SealPath>) =
+            current_paths(&schema).into_iter().partition(|p| !matches!(p.last(), Some(Step::Rest(_))));
         paths.sort();
+        // The address is sealed field by field, and so is any field its schema does not list.
+        let mut address = path("recipient.address");
+        address.push(Step::Rest(vec!["street".into(), "city".into(), "country".into()]));
+        assert_eq!(rest, vec![address]);
         let mut expected: Vec<SealPath> =
             ["email", "emails.[]", "home", "lines.[].gift_note", "recipient.address.city", "recipient.address.street", "recipient.name"]
                 .into_iter()
@@ -694,7 +720,9 @@ mod tests {
         let e = event(schema, "id", vec![]);
         assert_eq!(paths_of(&plan(&e, 1)), vec![path("home")]);
         let reads = [FieldPath::parse("home.city").unwrap()];
-        assert_eq!(paths_of(&plan_reading(&e, 1, &reads)), vec![path("home.city"), path("home.street")]);
+        let mut rest = path("home");
+        rest.push(Step::Rest(vec!["street".into(), "city".into()]));
+        assert_eq!(paths_of(&plan_reading(&e, 1, &reads)), vec![path("home.city"), path("home.street"), rest]);
     }
 
     #[test]
@@ -759,8 +787,14 @@ mod tests {
             ]
         );
         // The classified `parties` is split: each person's object is sealed whole, under its subject.
-        assert_eq!(now.paths, vec![(path("note"), Some(0)), (path("parties.payee"), Some(2)), (path("parties.payer"), Some(1))]);
-        let payload = json!({"sender": "S1", "note": "rent", "parties": {"payer": {"id": "C1", "email": "a@b.c"}, "payee": {"id": "C2"}}});
+        let mut others = path("parties");
+        others.push(Step::Rest(vec!["payer".into(), "payee".into()]));
+        assert_eq!(
+            now.paths,
+            vec![(path("note"), Some(0)), (path("parties.payee"), Some(2)), (path("parties.payer"), Some(1)), (others, Some(0))]
+        );
+        let payload = json!({"sender": "S1", "note": "rent", "parties": {"payer": {"id": "C1", "email": "a@b.c"}, "payee": {"id": "C2"},
+            "guarantor": {"name": "Eve"}}});
         assert_eq!(now.subjects_holding(&payload), vec![Some(0), Some(1), Some(2)]);
         assert_eq!(now.subject_id(2, &payload).as_deref(), Some("C2"));
         let mut sealed = payload.clone();
@@ -768,6 +802,7 @@ mod tests {
         assert!(sealed["parties"]["payer"].as_str().unwrap().starts_with("1:{"), "{sealed}");
         assert_eq!(sealed["parties"]["payee"], json!("2:{\"id\":\"C2\"}"));
         assert_eq!(sealed["note"], json!("0:\"rent\""));
+        assert!(sealed["parties"]["guarantor"].as_str().unwrap().starts_with("0:{"), "a field the schema does not list: {sealed}");
         // At version 1 the payee was at the top: its subject is found there.
         let old = plan(&e, 1);
         assert_eq!(old.subjects[2], FieldPath::parse("payee.id").unwrap());

@@ -102,8 +102,59 @@ impl Compiled {
                 ),
             ));
         }
+        if version != event_type.version
+            && let (Some(then), Some(now)) = (self.plan(&event.event_type, version), self.plan(&event.event_type, event_type.version))
+            && now.seals_anything()
+            && !sealed_where_it_belongs(event_type, version, then, now, &event.payload)
+        {
+            return Err(problem(
+                "/payload".into(),
+                "payload_invalid",
+                format!(
+                    "the `{}` payload at schema version {version} holds a personal field where version {} has it, which version {version} \
+                     does not: it could not be sealed; send the payload as version {} (schema_version), or with its fields where version {version} had them",
+                    event.event_type, event_type.version, event_type.version
+                ),
+            ));
+        }
         Ok(version)
     }
+}
+
+/// Whether every personal value of `payload` (at schema `version`) is
+/// sealed by the plan of its version: marked where that plan seals, then
+/// upcast, every value where the current plan seals must be a mark. A
+/// field sent where only a later version has it would otherwise pass
+/// validation after upcasting and be stored in clear.
+fn sealed_where_it_belongs(event_type: &EventType, version: u32, then: &SealPlan, now: &SealPlan, payload: &Value) -> bool {
+    const MARK: &str = "\u{0}sealed\u{0}";
+    fn marked(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s == MARK,
+            Value::Null => true,
+            Value::Object(o) => o.values().all(marked),
+            Value::Array(a) => a.iter().all(marked),
+            _ => false,
+        }
+    }
+    let mut probe = payload.clone();
+    then.apply(&mut probe, &mut |_, _| Ok::<_, std::convert::Infallible>(Value::String(MARK.to_owned())))
+        .unwrap_or_else(|never| match never {});
+    let Ok(upcast) = tessera_contract::upcast(event_type, version, probe) else { return false };
+    // An upcaster's `default` fills a field with the contract's own value: not personal.
+    let defaults: Vec<&Value> = event_type
+        .upcasters
+        .iter()
+        .filter(|u| u.from >= version)
+        .flat_map(|u| &u.steps)
+        .filter_map(|s| match s {
+            tessera_contract::model::UpcastStep::Default { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect();
+    let mut all = true;
+    now.each_value(&upcast, &mut |_, v| all &= marked(v) || defaults.contains(&v));
+    all
 }
 
 /// The keyword at the end of a schema path: `/properties/total/minimum` → `minimum`.

@@ -730,7 +730,7 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
                 continue;
             }
         };
-        let mut repeat_of = None;
+        let (mut repeat_of, mut remember) = (None, None);
         if let Some(id) = event.id {
             match first_with_id.get(&id).map(|&i| &prepared[i]) {
                 Some(first) if first.stream != event.stream || first.event_type != event.event_type || first.payload != event.payload => {
@@ -747,9 +747,9 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
                     continue;
                 }
                 Some(first) => repeat_of = Some(first.index),
-                None => {
-                    first_with_id.insert(id, prepared.len());
-                }
+                // Remembered once the event is prepared (below): one refused
+                // further on must not stand for the id.
+                None => remember = Some(id),
             }
         }
         // Only an event that holds personal values needs a subject to seal them under.
@@ -804,6 +804,9 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
             subjects,
             forgotten: None,
         });
+        if let Some(id) = remember {
+            first_with_id.insert(id, prepared.len() - 1);
+        }
     }
     if !problems.is_empty() {
         return Err(Error::InvalidEvents { problems });

@@ -72,6 +72,12 @@ pub const MASKING_KEY: &[u8] = b"test-masking-key-0123456789";
 impl TestServer {
     /// `None` when PostgreSQL is wanted but missing outside CI.
     pub async fn start(postgres: bool) -> Option<Self> {
+        Self::start_in(postgres, "warehouse").await
+    }
+
+    /// [`TestServer::start`] with the warehouse at `warehouse`: a
+    /// directory under the test's own, or a URL (`s3://bucket/prefix`).
+    pub async fn start_in(postgres: bool, warehouse: &str) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (url, pg) = if postgres {
             let admin = std::env::var("TESSERA_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -111,7 +117,7 @@ impl TestServer {
             )
             .await
             .expect("principals");
-        let warehouse = tessera_projection::Warehouse::parse("warehouse", dir.path()).expect("warehouse");
+        let warehouse = tessera_projection::Warehouse::parse(warehouse, dir.path()).expect("warehouse");
         let projections = tessera_projection::Projections::start(store.clone(), warehouse.clone());
         let limits = tessera_query::Limits { max_rows: 10_000, ..tessera_query::Limits::default() };
         let engine = tessera_query::Engine::new(store.clone(), warehouse.clone(), MASKING_KEY, limits);

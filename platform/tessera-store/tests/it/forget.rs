@@ -15,6 +15,7 @@ on_both!(
     a_log_stored_in_clear_is_sealed_at_open,
     an_event_about_two_persons_is_sealed_per_person,
     rotating_the_kek_rewraps_every_key,
+    a_personal_field_sent_where_a_later_version_has_it_is_refused,
 );
 
 fn steward() -> Principal {
@@ -277,4 +278,30 @@ async fn rotating_the_kek_rewraps_every_key(db: &TestDb) {
     let read = store.read_stream(&owner("sales"), "sales", "orders", &placed.stream, 1, 10).await;
     assert!(read.is_err(), "{read:?}");
     rotated.close().await;
+}
+
+/// An old-version payload that carries a personal field where only the
+/// current version has it: validation (after upcasting) would pass, but
+/// the old version's plan does not seal it there. It is refused.
+async fn a_personal_field_sent_where_a_later_version_has_it_is_refused(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let line = json!({"stream": "ORD-LEAK-1", "type": "OrderPlaced", "schema_version": 1, "payload": {"order_id": "ORD-LEAK-1",
+        "customer": {"name": "Ada Leak", "email": "ada@leak.example"}, "customer_id": "CUS-LEAK",
+        "placed_at": "2026-01-01T10:00:00Z", "total": 10.0, "channel": "web"}});
+    let event = tessera_store::envelope::parse_ndjson(line.to_string().as_bytes()).expect("event").remove(0);
+    match store.append(&owner("sales"), "sales", "orders", vec![event.clone()]).await {
+        Err(Error::InvalidEvents { problems }) => {
+            assert_eq!(problems[0].code, "payload_invalid");
+            assert!(problems[0].message.contains("could not be sealed"), "{}", problems[0].message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(stored(db, "ORD-LEAK-1").await.is_empty(), "nothing stored");
+    // Where version 1 has it, it is sealed and accepted.
+    let mut fine = event;
+    fine.payload["customer"].as_object_mut().expect("customer").remove("email");
+    fine.payload["customer_email"] = json!("ada@leak.example");
+    store.append(&owner("sales"), "sales", "orders", vec![fine]).await.expect("a version 1 payload as version 1 has it");
+    assert!(!stored(db, "ORD-LEAK-1").await[0].contains("leak.example"));
 }
