@@ -15,7 +15,13 @@
 //! - An event written at an **older schema version** is sealed at the paths
 //!   the current classified fields had then, found by running the
 //!   upcasters' moves backwards; a field an upcaster removes is sealed too
-//!   (its classification is unknown: fail closed).
+//!   under the event's subject (its classification is unknown: fail
+//!   closed), or, in an event without one, not kept.
+//! - A **subject** is the event's, or the one the nearest property around a
+//!   field names (`subject:` on the property: an event about two persons).
+//!   A classified object with such a property inside is sealed property by
+//!   property, and the fields its schema does not list under its own
+//!   subject ([`Step::Rest`]).
 //! - A **sealed column** is a table column that is classified, or has a
 //!   classified field or item: its cells are the JSON of the value with each
 //!   sealed part as a token, stored as bytes; readers open the tokens and
@@ -56,6 +62,10 @@ pub struct SealPlan {
     /// of the subject whose key seals it (`None`: the contract names no
     /// subject for it, which lint refuses).
     pub paths: Vec<(SealPath, Option<usize>)>,
+    /// Fields an upcaster removes, in an event that names no subject of
+    /// its own to seal them under: their values are not kept (reading
+    /// drops them anyway), since whose they are is not known.
+    pub drop: Vec<SealPath>,
 }
 
 impl SealPlan {
@@ -131,6 +141,17 @@ impl SealPlan {
             })?;
         }
         Ok(())
+    }
+
+    /// Empties the fields the plan drops (see [`SealPlan::drop`]).
+    pub fn drop_removed(&self, payload: &mut Value) {
+        for path in &self.drop {
+            visit(payload, path, &mut |v| {
+                *v = Value::Null;
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .unwrap_or_else(|never| match never {});
+        }
     }
 
     /// Calls `f` on every non-null value at the plan's paths (to open them).
@@ -229,6 +250,7 @@ fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPla
             (path, subject)
         })
         .collect();
+    let mut drop: Vec<SealPath> = Vec::new();
     // Back through each upcaster, newest first, and its steps in reverse.
     let mut upcasters: Vec<_> = event.upcasters.iter().filter(|u| u.from >= version && u.from < event.version).collect();
     upcasters.sort_by_key(|u| std::cmp::Reverse(u.from));
@@ -248,6 +270,12 @@ fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPla
                         }
                     }
                     paths.extend(added);
+                    for p in &mut drop {
+                        if p.starts_with(&to) {
+                            let rest = p.split_off(to.len());
+                            *p = from.iter().cloned().chain(rest).collect();
+                        }
+                    }
                     let to = to_strings(&to);
                     for s in &mut subjects {
                         if let Some(rest) = s.0.strip_prefix(to.as_slice()) {
@@ -256,13 +284,12 @@ fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPla
                     }
                 }
                 // What an upcaster removes is unknown to the current schema:
-                // sealed, to be safe, under the event's subject (or its first
-                // field's), if the event names any subject at all.
-                UpcastStep::Remove { field } => {
-                    if !subjects.is_empty() {
-                        paths.push((keys(field), Some(0)));
-                    }
-                }
+                // sealed, to be safe, under the event's subject; without one,
+                // whose it is is unknown: not kept.
+                UpcastStep::Remove { field } => match event.subject {
+                    Some(_) => paths.push((keys(field), Some(0))),
+                    None => drop.push(keys(field)),
+                },
                 UpcastStep::Default { .. } | UpcastStep::Map { .. } | UpcastStep::Scale { .. } | UpcastStep::Cast { .. } => {}
             }
         }
@@ -277,7 +304,7 @@ fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPla
             out.push((p, subject));
         }
     }
-    SealPlan { subjects, paths: out }
+    SealPlan { subjects, paths: out, drop }
 }
 
 fn keys(path: &FieldPath) -> SealPath {
@@ -306,15 +333,66 @@ fn paths_reading(root: &Value, reads: &[FieldPath]) -> Vec<(SealPath, Option<Fie
     let mut out = Vec::new();
     let reads = reads.iter().map(keys).collect();
     let mut walker = Walker { root, split_below: HashMap::new(), ancestors: Vec::new(), budget: MAX_NODES, reads };
-    let declared = subject_declared(root, root);
-    walker.walk(root, Vec::new(), class_of(root), declared, &mut out);
+    walker.walk(root, Vec::new(), class_of(root), None, &mut out);
     out.into_iter().map(|(p, s)| (p, s.and_then(FieldPath::parse))).collect()
 }
 
-/// The subject a schema node declares for its personal values (`subject:
-/// payer.customer_id`), on the node or the definition it refers to.
-pub fn subject_declared<'a>(root: &'a Value, node: &'a Value) -> Option<&'a str> {
-    node.get("subject").or_else(|| deref(root, node).get("subject")).and_then(Value::as_str)
+/// The subject a payload property declares for its personal values
+/// (`subject: payer.customer_id`), on the property itself: a definition
+/// shared through `$ref` cannot name one (it would be the same absolute
+/// path at every place it is used; lint refuses it there).
+pub fn subject_declared(node: &Value) -> Option<&str> {
+    node.get("subject").and_then(Value::as_str)
+}
+
+/// Where the payload schema `root` names a `subject` that sealing would not
+/// follow: anywhere but on a property (the root, array `items`, a `$defs`
+/// entry, under `anyOf` and the like), or as something other than a path.
+/// `(JSON pointer of the keyword, why)` for each.
+pub fn misplaced_subjects(root: &Value) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    let mut seen: HashSet<*const Value> = HashSet::new();
+    // (node, its pointer, the last segment of the pointer's parent)
+    let mut stack: Vec<(&Value, String, String)> = vec![(root, String::new(), String::new())];
+    while let Some((node, pointer, parent)) = stack.pop() {
+        if !seen.insert(node as *const Value) || seen.len() > MAX_NODES {
+            continue;
+        }
+        match node {
+            Value::Object(map) => {
+                // A map of names to schemas: `subject` there is a name, not the keyword.
+                let names = ["properties", "$defs", "definitions", "patternProperties", "dependentSchemas"]
+                    .iter()
+                    .any(|k| pointer.ends_with(&format!("/{k}")) || pointer == format!("/{k}"));
+                if !names && let Some(subject) = map.get("subject") {
+                    let at = format!("{pointer}/subject");
+                    if !subject.is_string() {
+                        out.push((at, "`subject` names a payload path, e.g. payer.customer_id: a string"));
+                    } else if parent != "properties" {
+                        out.push((
+                            at,
+                            "a subject can be named on a payload property only (not on the schema's root, array items, a `$defs` entry or \
+                             under `anyOf` and the like): sealing would not follow it",
+                        ));
+                    }
+                }
+                let last = pointer.rsplit('/').next().unwrap_or_default().to_owned();
+                for (k, v) in map {
+                    let escaped = k.replace('~', "~0").replace('/', "~1");
+                    stack.push((v, format!("{pointer}/{escaped}"), last.clone()));
+                }
+            }
+            Value::Array(items) => {
+                let last = pointer.rsplit('/').next().unwrap_or_default().to_owned();
+                for (i, v) in items.iter().enumerate() {
+                    stack.push((v, format!("{pointer}/{i}"), last.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Schema nodes one walk may visit: a schema that shares definitions so
@@ -366,7 +444,7 @@ impl<'a> Walker<'a> {
                 let own = class_of(child).or_else(|| class_of(deref(self.root, child)));
                 let mut here = path.clone();
                 here.push(Step::Key(name.clone()));
-                let subject = subject_declared(self.root, child).or(subject);
+                let subject = subject_declared(child).or(subject);
                 self.walk(child, here, own.or(inherited), subject, out);
             }
         }
@@ -384,7 +462,6 @@ impl<'a> Walker<'a> {
             let own = class_of(items).or_else(|| class_of(deref(self.root, items)));
             let mut here = path;
             here.push(Step::Each);
-            let subject = subject_declared(self.root, items).or(subject);
             self.walk(items, here, own.or(inherited), subject, out);
         }
         self.ancestors.pop();
@@ -404,7 +481,7 @@ impl<'a> Walker<'a> {
         let children: Vec<&'a Value> = properties(node).into_iter().flat_map(|p| p.values()).chain(node.get("items")).collect();
         let found = children.into_iter().any(|child| {
             class_of(child).or_else(|| class_of(deref(self.root, child))) == Some(NONE)
-                || subject_declared(self.root, child).is_some()
+                || subject_declared(child).is_some()
                 || self.splits(child)
         });
         self.split_below.insert(key, found);
@@ -768,8 +845,8 @@ mod tests {
             "parties": {"type": "object", "classification": "pii.contact", "properties": {
                 "payer": {"type": "object", "subject": "parties.payer.id", "properties": {
                     "id": {"type": "string"}, "email": {"type": "string"}}},
-                "payee": {"$ref": "#/$defs/payee"}}}},
-            "$defs": {"payee": {"type": "object", "subject": "parties.payee.id", "properties": {
+                "payee": {"$ref": "#/$defs/payee", "subject": "parties.payee.id"}}}},
+            "$defs": {"payee": {"type": "object", "properties": {
                 "id": {"type": "string"}, "email": {"type": "string", "classification": "pii.email"}}}}});
         let upcasters = vec![Upcaster {
             from: 1,
@@ -807,9 +884,51 @@ mod tests {
         let old = plan(&e, 1);
         assert_eq!(old.subjects[2], FieldPath::parse("payee.id").unwrap());
         assert!(old.paths.contains(&(path("payee"), Some(2))), "{:?}", old.paths);
+        assert!(misplaced_subjects(&e.schema).is_empty(), "{:?}", misplaced_subjects(&e.schema));
+        // Where sealing would not follow a subject, lint is told.
+        let misplaced = json!({"type": "object", "subject": "id", "properties": {
+            "subject": {"type": "string"},
+            "lines": {"type": "array", "items": {"type": "object", "subject": "lines[].buyer"}},
+            "payer": {"type": "object", "subject": 5},
+            "either": {"anyOf": [{"type": "object", "subject": "id"}]}},
+            "$defs": {"subject": {"type": "object", "subject": "x"}}});
+        let found: Vec<String> = misplaced_subjects(&misplaced).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            found,
+            [
+                "/$defs/subject/subject",
+                "/properties/either/anyOf/0/subject",
+                "/properties/lines/items/subject",
+                "/properties/payer/subject",
+                "/subject"
+            ]
+        );
         // Without an event subject, a field without its own has none: lint refuses it.
         let mut bare = e.clone();
         bare.subject = None;
         assert_eq!(plan(&bare, 2).paths[0], (path("note"), None));
+    }
+
+    #[test]
+    fn a_removed_field_of_an_event_without_a_subject_is_not_kept() {
+        let schema = json!({"type": "object", "properties": {"id": {"type": "string"}}});
+        let upcasters = vec![Upcaster {
+            from: 1,
+            description: None,
+            steps: vec![
+                UpcastStep::Remove { field: FieldPath::parse("contact.email").unwrap() },
+                UpcastStep::Move { from: FieldPath::parse("ref").unwrap(), to: FieldPath::parse("id").unwrap() },
+            ],
+        }];
+        let e = event(schema, "id", upcasters);
+        // With the event's subject, it is sealed under it.
+        assert_eq!(plan(&e, 1).paths, vec![(path("contact.email"), Some(0))]);
+        let mut bare = e.clone();
+        bare.subject = None;
+        let old = plan(&bare, 1);
+        assert!(old.paths.is_empty() && old.drop == vec![path("contact.email")], "{old:?}");
+        let mut payload = json!({"ref": "R1", "contact": {"email": "a@b.c", "phone_type": "mobile"}});
+        old.drop_removed(&mut payload);
+        assert_eq!(payload, json!({"ref": "R1", "contact": {"email": null, "phone_type": "mobile"}}));
     }
 }

@@ -145,16 +145,10 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
     }
     // An event about several persons: a field may name its own subject.
     let declaring: Vec<payload::Property> =
-        payload::walk(&e.schema).into_iter().filter(|p| crate::seal::subject_declared(&e.schema, p.schema).is_some()).collect();
+        payload::walk(&e.schema).into_iter().filter(|p| crate::seal::subject_declared(p.schema).is_some()).collect();
     for prop in &declaring {
-        let pointer = match prop.schema.get("subject") {
-            Some(_) => format!("{schema_at}{}/subject", prop.pointer),
-            None => format!(
-                "{schema_at}{}/subject",
-                prop.schema.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')).unwrap_or(&prop.pointer)
-            ),
-        };
-        let declared = crate::seal::subject_declared(&e.schema, prop.schema).unwrap_or_default();
+        let pointer = format!("{schema_at}{}/subject", prop.pointer);
+        let declared = crate::seal::subject_declared(prop.schema).unwrap_or_default();
         match FieldPath::parse(declared) {
             Some(path) => check_subject(cx, &pointer, &e.schema, &path),
             None => cx.push(
@@ -178,11 +172,10 @@ fn event(cx: &mut Ctx, at: &str, e: wire::Event) -> EventType {
             );
         }
     }
-    if e.schema.get("subject").is_some() {
-        cx.push(
-            Diagnostic::error(Code::SubjectInvalid, format!("{schema_at}/subject"), "the payload schema itself cannot name a subject")
-                .help("name the event's subject with `subject:` beside `schema:`"),
-        );
+    for (pointer, why) in crate::seal::misplaced_subjects(&e.schema) {
+        cx.push(Diagnostic::error(Code::SubjectInvalid, format!("{schema_at}{pointer}"), why).help(
+            "name the event's subject with `subject:` beside `schema:`, or a person's on the payload property that holds their fields",
+        ));
     }
 
     let mut upcasters: Vec<Upcaster> =

@@ -289,8 +289,15 @@ impl Store {
         for row in rows {
             let (id, domain, subject, wrapped, fingerprint): (i64, String, String, Vec<u8>, String) =
                 (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+            // Already under the new key (a rotation that is run again).
             if fingerprint == new.fingerprint() {
                 continue;
+            }
+            if fingerprint != old.fingerprint() {
+                return Err(Error::Config(format!(
+                    "data key {id} of domain `{domain}` is wrapped under another key-encryption key (fingerprint {fingerprint}): \
+                     was a server still running with it? nothing was re-wrapped"
+                )));
             }
             let context = KeyContext { id, domain: &domain, subject: &subject };
             let key = old.unwrap(&wrapped, context).map_err(|e| {

@@ -730,6 +730,11 @@ fn prepare(compiled: &crate::compiled::Compiled, principal: &Principal, events: 
                 continue;
             }
         };
+        // Fields an upcaster removes whose subject is unknown are not kept.
+        let mut event = event;
+        if let Some(plan) = compiled.plan(&event.event_type, version) {
+            plan.drop_removed(&mut event.payload);
+        }
         let (mut repeat_of, mut remember) = (None, None);
         if let Some(id) = event.id {
             match first_with_id.get(&id).map(|&i| &prepared[i]) {

@@ -76,19 +76,24 @@ impl Store {
             for row in &rows {
                 let (position, event_type, version, payload): (i64, String, i64, String) =
                     (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-                let Some(plan) = compiled.plan(&event_type, u32::try_from(version).unwrap_or(0)).filter(|p| p.seals_anything()) else {
+                let Some(plan) =
+                    compiled.plan(&event_type, u32::try_from(version).unwrap_or(0)).filter(|p| p.seals_anything() || !p.drop.is_empty())
+                else {
                     continue;
                 };
-                let Ok(payload) = serde_json::from_str::<Value>(&payload) else { continue };
+                let Ok(mut payload) = serde_json::from_str::<Value>(&payload) else { continue };
                 let mut needs = false;
                 plan.each_value(&payload, &mut |_, v| needs |= !v.as_str().is_some_and(|s| s.starts_with(tessera_seal::TOKEN_PREFIX)));
-                if !needs {
+                let before = payload.clone();
+                plan.drop_removed(&mut payload);
+                if !needs && payload == before {
                     continue;
                 }
-                let Ok(ids) = plan.subject_ids(&payload) else {
-                    tracing::warn!(product = %format!("{domain}/{name}"), position, "an event with personal fields has no subject: it cannot be sealed");
-                    continue;
-                };
+                // A value whose subject has no identifier here cannot be sealed: it is not kept.
+                let ids: Vec<Option<String>> = (0..plan.subjects.len()).map(|i| plan.subject_id(i, &payload)).collect();
+                if plan.subject_ids(&payload).is_err() {
+                    tracing::warn!(product = %format!("{domain}/{name}"), position, "personal fields without a subject are dropped: they cannot be sealed");
+                }
                 clear.push((position, event_type, version, payload, ids));
             }
             if clear.is_empty() {
@@ -100,11 +105,14 @@ impl Store {
             for (position, event_type, version, mut payload, ids) in clear {
                 let Some(plan) = compiled.plan(&event_type, u32::try_from(version).unwrap_or(0)) else { continue };
                 plan.apply(&mut payload, &mut |subject, v| {
+                    if v.as_str().is_some_and(|s| s.starts_with(tessera_seal::TOKEN_PREFIX)) {
+                        return Ok(v.clone());
+                    }
                     let sealer =
                         subject.and_then(|i| ids.get(i)).and_then(Option::as_ref).and_then(|id| sealers.get(id)).cloned().flatten();
                     Ok::<_, std::convert::Infallible>(match sealer {
                         Some(s) => Value::String(s.seal(v).to_string()),
-                        // A forgotten subject: its values are dropped.
+                        // A forgotten subject, or none named: its values are dropped.
                         None => Value::Null,
                     })
                 })
