@@ -18,12 +18,13 @@ use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::state::AppState;
 
-/// `/subjects/forget`, `/subjects/readmit` and `/subjects/forgotten`.
+/// `/subjects/forget`, `/subjects/readmit`, `/subjects/forgotten` and `/notices`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/subjects/forget", post(forget))
         .route("/subjects/readmit", post(readmit))
         .route("/subjects/forgotten", get(forgotten))
+        .route("/notices", get(notices))
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,4 +105,27 @@ async fn forgotten(
         .into());
     }
     Ok(Json(json!({ "forgotten": state.store.ledger(&q.domain, q.subject.as_deref()).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoticesQuery {
+    domain: String,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// A domain's notices (`SubjectForgotten`, `SubjectReadmitted`) after a
+/// given id, oldest first: stewards and the domain's members. A reader
+/// keeps the last id it saw and asks again with `after`.
+async fn notices(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    query: Result<Query<NoticesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let usage = "use ?domain=<domain>[&after=<id>][&limit=<1..1000>]";
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; {usage}")))?;
+    let notices = state.store.notices(&caller, &q.domain, q.after.unwrap_or(0), q.limit.unwrap_or(100)).await?;
+    let next = notices.last().map_or(q.after.unwrap_or(0), |n| n.id);
+    Ok(Json(json!({ "notices": notices, "next_after": next })))
 }

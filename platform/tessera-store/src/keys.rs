@@ -420,6 +420,11 @@ impl Store {
                 (false, now)
             }
         };
+        if !already {
+            let body =
+                serde_json::json!({"subject": subject, "forgotten_by": principal.name, "reason": reason, "keys_destroyed": destroyed});
+            crate::notices::record(&mut **tx, "SubjectForgotten", domain, &body).await?;
+        }
         tx.commit().await?;
         self.scrub_deleted_pages().await;
         tracing::info!(domain, principal = %principal.name, keys_destroyed = destroyed, "a data subject was forgotten");
@@ -453,6 +458,10 @@ impl Store {
         .execute(&mut **tx)
         .await?
         .rows_affected();
+        if updated > 0 {
+            let body = serde_json::json!({"subject": subject, "readmitted_by": principal.name});
+            crate::notices::record(&mut **tx, "SubjectReadmitted", domain, &body).await?;
+        }
         tx.commit().await?;
         if updated == 0 {
             return Err(Error::NotFound { what: format!("forgotten subject `{subject}` of domain `{domain}`") });

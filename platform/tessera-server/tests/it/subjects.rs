@@ -193,6 +193,15 @@ async fn on_postgres_and_s3_nothing_clear_is_stored_and_a_forget_holds() {
         .await;
     assert_eq!(status, 200, "{body}");
     check(&s.base, &target, &control).await;
+    let (status, feed) = s.get("/api/v1/notices?domain=customers", Some(CUSTOMERS)).await;
+    assert_eq!(status, 200, "{feed}");
+    assert_eq!(
+        (feed["notices"][0]["kind"].as_str(), &feed["notices"][0]["body"]["subject"]),
+        (Some("SubjectForgotten"), &json!(target)),
+        "{feed}"
+    );
+    assert_eq!(s.get("/api/v1/notices?domain=customers", Some(ANALYST)).await.0, 403);
+    assert_eq!(s.get("/api/v1/notices?domain=customers&limit=0", Some(CUSTOMERS)).await.0, 400);
     let now = rows(
         &s.base,
         STEWARD,

@@ -101,6 +101,16 @@ async fn forgetting_a_subject_destroys_its_values_and_refuses_new_events(db: &Te
     let old = store.read_stream(&owner("sales"), "sales", "orders", &target.stream, 1, 10).await.expect("read old");
     assert_eq!(old[0].payload["customer"]["email"], Value::Null, "what was sealed under the destroyed key stays gone");
 
+    // Each change of the ledger left one notice, in order: forgotten (once, though asked twice), re-admitted.
+    let notices = store.notices(&steward(), "sales", 0, 100).await.expect("notices");
+    let kinds: Vec<(&str, &Value)> = notices.iter().map(|n| (n.kind.as_str(), &n.body["subject"])).collect();
+    assert_eq!(kinds, [("SubjectForgotten", &json!(subject)), ("SubjectReadmitted", &json!(subject))]);
+    assert_eq!(notices[0].body["reason"], json!("erasure request #1"));
+    let after = store.notices(&owner("sales"), "sales", notices[0].id, 100).await.expect("notices after the first");
+    assert_eq!(after.len(), 1, "a reader resumes after the last id it saw");
+    assert!(matches!(store.notices(&analyst(), "sales", 0, 100).await, Err(Error::Forbidden(_))), "not for analysts");
+    assert!(matches!(store.notices(&steward(), "sales", 0, 0).await, Err(Error::BadRequest(_))));
+
     // The ledger names who, when and why; a reopened store (a restored backup) destroys keys of forgotten subjects again.
     store.forget(&steward(), "sales", &subject, "second request").await.expect("forget after re-admission");
     let ledger = store.ledger("sales", Some(&subject)).await.expect("ledger");
