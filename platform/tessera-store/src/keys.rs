@@ -423,7 +423,7 @@ impl Store {
         if !already {
             let body =
                 serde_json::json!({"subject": subject, "forgotten_by": principal.name, "reason": reason, "keys_destroyed": destroyed});
-            crate::notices::record(&mut **tx, "SubjectForgotten", domain, &body).await?;
+            crate::notices::record(&mut tx, "SubjectForgotten", domain, &body).await?;
         }
         tx.commit().await?;
         self.scrub_deleted_pages().await;
@@ -460,7 +460,7 @@ impl Store {
         .rows_affected();
         if updated > 0 {
             let body = serde_json::json!({"subject": subject, "readmitted_by": principal.name});
-            crate::notices::record(&mut **tx, "SubjectReadmitted", domain, &body).await?;
+            crate::notices::record(&mut tx, "SubjectReadmitted", domain, &body).await?;
         }
         tx.commit().await?;
         if updated == 0 {
