@@ -250,6 +250,24 @@ pub async fn vacuum(table: DeltaTable, url: &Url, retention: std::time::Duration
     Ok((table, serde_json::json!({"files_deleted": metrics.files_deleted.len()})))
 }
 
+/// Deletes every earlier version of `table`: the data files the current
+/// version does not read, and the commits before a checkpoint of it (their
+/// statistics). For a table that held personal values in clear before they
+/// were sealed: nothing of them may stay in the warehouse; time travel then
+/// starts at the current version.
+pub async fn purge_history(table: DeltaTable, url: &Url) -> Result<DeltaTable, Error> {
+    let (table, _) =
+        table.vacuum().with_retention_period(chrono::Duration::zero()).with_enforce_retention_duration(false).await.map_err(delta(url))?;
+    deltalake::checkpoints::create_checkpoint(&table, None).await.map_err(delta(url))?;
+    let version = table.version().unwrap_or(0);
+    // Every commit before the checkpoint, whatever its age.
+    let cutoff = chrono::Utc::now().timestamp_millis() + 60_000;
+    deltalake::checkpoints::cleanup_expired_logs_for(version, table.log_store().as_ref(), cutoff, None).await.map_err(delta(url))?;
+    let mut table = table;
+    table.load().await.map_err(delta(url))?;
+    Ok(table)
+}
+
 /// A DataFusion session for the projector's own queries.
 fn session() -> SessionContext {
     SessionContext::new()

@@ -235,7 +235,25 @@ impl Projector {
         self.load().await?;
         if let Some(g) = self.generation.as_ref().filter(|g| !g.retyped.is_empty()) {
             tracing::info!(product = %self.product(), version = %g.version, columns = ?g.retyped, "column types changed: rebuilding the tables");
+            // A column that is sealed now held clear values before (a table
+            // written before sealing existed): its earlier versions go.
+            let sealed: Vec<String> = g
+                .retyped
+                .iter()
+                .filter_map(|tc| {
+                    let (table, column) = tc.split_once('.')?;
+                    let spec = g.contract.tables.iter().find(|(n, _)| n.as_str() == table)?.1;
+                    let col = spec.columns.iter().find(|(n, _)| n.as_str() == column)?.1;
+                    tessera_contract::seal::is_sealed(col).then(|| table.to_owned())
+                })
+                .collect();
             Box::pin(self.rebuild(&|_, _| {})).await?;
+            if let Some(g) = self.generation.as_mut() {
+                for t in g.tables.iter_mut().filter(|t| sealed.contains(&t.name)) {
+                    tracing::warn!(table = %t.url, "deleting the table's versions from before sealing: they hold personal values in clear");
+                    t.delta = delta::purge_history(t.delta.clone(), &t.url).await?;
+                }
+            }
         }
         let mut report = RunReport::default();
         let Some(generation) = self.generation.as_mut() else { return Ok(report) };

@@ -136,6 +136,72 @@ impl Caller<'_> {
     }
 }
 
+/// A data directory written by the binary before sealing existed
+/// (`tests/fixtures/store-before-sealing`): today's server seals its log in
+/// place at its first start, rebuilds its tables from the sealed log and
+/// deletes their earlier versions; nothing clear is left in the directory,
+/// and the owner still reads the values.
+#[test]
+fn a_store_written_before_sealing_is_sealed_at_its_first_start() {
+    let _servers = crate::shared();
+    let data = tempfile::tempdir().unwrap();
+    let fixture = repo().join("tests/fixtures/store-before-sealing");
+    for (path, bytes) in files(&fixture) {
+        let to = data.path().join(path.strip_prefix(&fixture).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
+    // The personal values of the events it holds (the first 400 of the sample file).
+    let contract = tessera_contract::lint(
+        &std::fs::read_to_string(repo().join("products/customers-profiles/contract.yaml")).unwrap(),
+        &Policy::builtin(),
+    )
+    .contract
+    .unwrap();
+    let mut clear = BTreeSet::new();
+    for line in std::fs::read_to_string(repo().join("products/customers-profiles/events.ndjson")).unwrap().lines().take(400) {
+        let event: Value = serde_json::from_str(line).unwrap();
+        let spec = &contract.events[event["type"].as_str().unwrap()];
+        let version = event["schema_version"].as_u64().map_or(spec.version, |v| u32::try_from(v).unwrap());
+        let plan = tessera_contract::seal::plan_for(&contract, event["type"].as_str().unwrap(), version).unwrap();
+        plan.each_value(&event["payload"], &mut |_, v| {
+            let mut values = Vec::new();
+            strings(v, &mut values);
+            clear.extend(values.into_iter().filter(|s| s.chars().count() >= 6));
+        });
+    }
+    let on_disk = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        files(dir)
+            .into_iter()
+            .filter(|(p, _)| p.extension().is_none_or(|e| e != "log"))
+            .map(|(p, b)| (p.display().to_string(), b))
+            .collect()
+    };
+    assert!(!found_in(&on_disk(data.path()), &clear).is_empty(), "the fixture holds clear values, as the old binary wrote them");
+
+    let log = data.path().join("server.log");
+    let server = start(data.path(), &[("TESSERA_LOG", "info".to_owned())], Some(&log));
+    let leaks = found_in(&on_disk(data.path()), &clear);
+    assert!(leaks.is_empty(), "clear personal values left after the first start: {leaks:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("sealing stored events"), "the log was sealed in place");
+    assert!(text.contains("before sealing"), "the tables' earlier versions were deleted");
+
+    let principals: Value = serde_json::from_str(&std::fs::read_to_string(data.path().join("demo-principals.json")).unwrap()).unwrap();
+    let owner =
+        principals.as_array().unwrap().iter().find(|p| p["name"] == "customers-owner").unwrap()["token"].as_str().unwrap().to_owned();
+    let caller = Caller {
+        server: &server,
+        client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+    };
+    let emails = caller.sql(Some(&owner), "SELECT email FROM customers.profiles.profiles WHERE email IS NOT NULL");
+    assert!(emails.len() > 10, "the owner reads the emails: {}", emails.len());
+    let read: BTreeSet<String> = emails.iter().filter_map(|r| r["email"].as_str().map(str::to_owned)).collect();
+    assert!(read.iter().any(|e| clear.contains(e)), "the values written before sealing read as before");
+    drop(server);
+}
+
 /// Each example table that holds a subject's personal values: its name,
 /// the column that names the customer, and its classified columns.
 const TABLES: [(&str, &str, &[&str]); 4] = [
