@@ -175,6 +175,8 @@ impl Server {
             .arg(data_dir)
             .args(["--database-url", &db.url])
             .env("TESSERA_LOG", "warn")
+            // A database URL needs the key-encryption key given: a fresh one per run.
+            .env("TESSERA_KEK", tessera_store::Kek::generate_text()?)
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}; build it with `cargo build --release -p tessera-cli`", tessera.display()))?;
