@@ -227,7 +227,7 @@ async fn measure(args: &Args, n: usize) -> Result<Measured> {
     let mut export = std::io::BufWriter::new(std::fs::File::create(&export_path)?);
     let started = Instant::now();
     load(&store, &mut export, 0, n, args.keys).await?;
-    println!("  loaded {n} events into both products in {:.0} s", started.elapsed().as_secs_f64());
+    println!("  loaded {n} events into the three products in {:.0} s", started.elapsed().as_secs_f64());
 
     let mut m = Measured {
         events: n,
@@ -287,7 +287,7 @@ fn report(args: &Args, duckdb_version: &str, results: &[Measured]) -> String {
     let mut out = String::new();
     out.push_str("## Projection\n\n");
     out.push_str(&format!(
-        "N synthetic `Reading` events (one event type, four payload fields, {} keys) appended to two products, then projected by a \
+        "N synthetic `Reading` events (one event type, four payload fields, {} keys) appended to three products, then projected by a \
          release-built projector in process into Delta tables in a local directory: `bench/appends` has an append table (one row per \
          event), `bench/upserts` an upsert table (the latest reading per key: one MERGE of the net changes per key per batch of {} \
          events). Each projection reads the events from the SQLite log, upcasts and checks every value against its column, and \
