@@ -26,22 +26,8 @@ pub fn check(contract: &Contract, policy: &Policy) -> Vec<Diagnostic> {
         // Every personal value is sealed under exactly one subject: the
         // event's, or the one its field (or a field around it) names.
         let plan = crate::seal::plan(event, event.version);
-        let without: Vec<String> = plan
-            .paths
-            .iter()
-            .filter(|(_, subject)| subject.is_none())
-            .map(|(path, _)| {
-                path.iter()
-                    .map(|s| match s {
-                        crate::seal::Step::Key(k) => k.as_str(),
-                        crate::seal::Step::Each => "[]",
-                        crate::seal::Step::Rest(_) => "*",
-                    })
-                    .collect::<Vec<_>>()
-                    .join(".")
-                    .replace(".[]", "[]")
-            })
-            .collect();
+        let without: Vec<String> =
+            plan.paths.iter().filter(|(_, subject)| subject.is_none()).map(|(path, _)| crate::seal::path_text(path)).collect();
         if !without.is_empty() {
             out.push(
                 Diagnostic::error(

@@ -109,15 +109,6 @@ impl SealPlan {
         Ok(ids)
     }
 
-    /// Whether `payload` has a non-null value at one of the plan's paths.
-    pub fn holds_values(&self, payload: &Value) -> bool {
-        self.paths.iter().any(|(path, _)| {
-            let mut found = false;
-            visit_ref(payload, path, &mut |_| found = true);
-            found
-        })
-    }
-
     /// Calls `f` on every non-null value at the plan's paths, with the
     /// index of its subject (to read them).
     pub fn each_value(&self, payload: &Value, f: &mut dyn FnMut(Option<usize>, &Value)) {
@@ -309,6 +300,12 @@ fn plan_reading(event: &EventType, version: u32, reads: &[FieldPath]) -> SealPla
 
 fn keys(path: &FieldPath) -> SealPath {
     path.0.iter().map(|s| Step::Key(s.clone())).collect()
+}
+
+/// A path as contracts write it: `lines[].email`, `home.*` for the fields
+/// a schema does not list.
+pub fn path_text(path: &[Step]) -> String {
+    to_strings(path).join(".").replace(".[]", "[]")
 }
 
 fn to_strings(path: &[Step]) -> Vec<String> {
@@ -622,7 +619,7 @@ pub fn upcaster_conflicts(event: &EventType) -> Vec<(usize, usize, String)> {
         let sealed: Vec<SealPath> = plan(event, upcaster.from + 1).paths.into_iter().map(|(p, _)| p).collect();
         let inside = |field: &FieldPath| {
             let f = keys(field);
-            sealed.iter().find(|p| f.starts_with(p)).map(|p| (to_strings(p).join("."), f.len() > p.len()))
+            sealed.iter().find(|p| f.starts_with(p)).map(|p| (path_text(p), f.len() > p.len()))
         };
         // And of the version it reads.
         let before: Vec<SealPath> = plan(event, upcaster.from).paths.into_iter().map(|(p, _)| p).collect();
@@ -635,7 +632,7 @@ pub fn upcaster_conflicts(event: &EventType) -> Vec<(usize, usize, String)> {
                         si,
                         format!(
                             "`{from}` is inside `{}`, which is classified and stored sealed as a whole: an upcaster cannot reach into it",
-                            to_strings(p).join(".")
+                            path_text(p)
                         ),
                     ));
                     continue;
