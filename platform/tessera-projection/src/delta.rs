@@ -123,10 +123,7 @@ pub async fn applied(table: &DeltaTable, url: &Url, app_id: &str) -> Result<Opti
 /// JSON rows (already checked cell by cell, see `values`) as one Arrow batch.
 pub fn batch(table: &str, schema: &Schema, rows: &[Value]) -> Result<RecordBatch, Error> {
     let failed = |e: arrow::error::ArrowError| Error::Rows { table: table.to_owned(), message: e.to_string() };
-    let mut decoder =
-        arrow::json::ReaderBuilder::new(Arc::new(schema.clone())).with_batch_size(rows.len().max(1)).build_decoder().map_err(failed)?;
-    decoder.serialize(rows).map_err(failed)?;
-    Ok(decoder.flush().map_err(failed)?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema.clone()))))
+    Ok(crate::values::json_batch(schema, rows).map_err(failed)?.unwrap_or_else(|| RecordBatch::new_empty(Arc::new(schema.clone()))))
 }
 
 /// What every commit of the projector carries: the last log position it
@@ -142,18 +139,18 @@ fn commit_properties(app_id: &str, position: i64, contract_version: &str) -> Com
 /// The commit-info key under which a commit records its position.
 pub const POSITION_KEY: &str = "tessera.position";
 
-/// Appends `batch` and records, in the same commit, that the log is applied
-/// up to `position` for `app_id`.
+/// Appends `batches` and records, in the same commit, that the log is
+/// applied up to `position` for `app_id`.
 pub async fn append(
     table: DeltaTable,
     url: &Url,
-    batch: RecordBatch,
+    batches: Vec<RecordBatch>,
     app_id: &str,
     position: i64,
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
     table
-        .write(vec![batch])
+        .write(batches)
         .with_save_mode(SaveMode::Append)
         .with_commit_properties(commit_properties(app_id, position, contract_version))
         .await
@@ -331,9 +328,9 @@ const OP: &str = "__tessera_op";
 /// The merge source's prefix of the columns saying whether a patch sets a column.
 const SETS: &str = "__tessera_sets_";
 
-/// Applies the net changes of a run to an upsert table as one MERGE,
-/// recording the position like [`append`]. Every row the fold creates is
-/// complete (see [`Fold`]).
+/// Applies the net changes of a run to an upsert table as one MERGE (to an
+/// empty table, as a plain append), recording the position like
+/// [`append`]. Every row the fold creates is complete (see [`Fold`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn merge(
     table: DeltaTable,
@@ -346,6 +343,25 @@ pub async fn merge(
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
     let name = url.path().rsplit('/').find(|s| !s.is_empty()).unwrap_or("table").to_owned();
+    if table.snapshot().map_err(delta(url))?.log_data().num_files() == 0 {
+        // Nothing to match: the rows the fold creates, appended. (Every one
+        // is complete; a delete of a row that is not there changes nothing.)
+        let mut rows = Vec::with_capacity(fold.len());
+        for (key_text, change) in fold.into_changes() {
+            let (KeyChange::Patch(mut cells) | KeyChange::Replace(mut cells)) = change else { continue };
+            let key_values: Vec<Value> =
+                serde_json::from_str(&key_text).map_err(|e| Error::Rows { table: name.clone(), message: e.to_string() })?;
+            for (k, v) in key.iter().zip(key_values) {
+                cells.insert(k.to_string(), v);
+            }
+            rows.push(Value::Object(cells));
+        }
+        if rows.is_empty() {
+            return mark(table, url, app_id, position, contract_version).await;
+        }
+        let rows = batch(&name, schema, &rows)?;
+        return append(table, url, vec![rows], app_id, position, contract_version).await;
+    }
     let is_key = |c: &str| key.iter().any(|k| k.as_str() == c);
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
     fields.push(Field::new(OP, DataType::Utf8, false));

@@ -73,6 +73,16 @@ impl Fold {
         self.changes.insert(key, KeyChange::Delete);
     }
 
+    /// Whether the fold decides the row of `key` (it has a change for it).
+    pub fn touches(&self, key: &str) -> bool {
+        self.changes.contains_key(key)
+    }
+
+    /// Whether any key is deleted.
+    pub fn deletes(&self) -> bool {
+        self.changes.values().any(|c| matches!(c, KeyChange::Delete))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }

@@ -156,7 +156,8 @@ pub async fn at_position(
         Projection::Upsert { key, .. } => {
             let mut state = keyed(table, spec, &schema, key, &base_rows)?;
             let upserts = Upserts::prepare(table, spec, &tail);
-            let existing: HashSet<String> = upserts.lookups(key).into_iter().map(|(k, _)| k).filter(|k| state.contains_key(k)).collect();
+            let existing: HashSet<String> =
+                upserts.lookups(key, &crate::fold::Fold::default()).into_iter().map(|(k, _)| k).filter(|k| state.contains_key(k)).collect();
             let (fold, _) = upserts.fold(&existing);
             for (k, change) in fold.into_changes() {
                 match change {

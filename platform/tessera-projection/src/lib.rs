@@ -10,6 +10,7 @@
 //! (`warehouse`), the projector of one product (`projector`), and the
 //! service that runs one projector per product in a server (`service`).
 
+pub mod decode;
 pub mod delta;
 pub mod fold;
 pub mod history;
@@ -22,6 +23,6 @@ pub mod service;
 pub mod values;
 pub mod warehouse;
 
-pub use projector::{Projector, RunReport, TableState};
+pub use projector::{Projector, RunReport, Stages, TableState};
 pub use service::{ProductProjection, Projections};
 pub use warehouse::Warehouse;

@@ -1,6 +1,14 @@
 //! The projector of one product: follows its log and applies each run of
-//! new events to every table of the current generation, one Delta commit
-//! per table per batch, each carrying the last log position it applied.
+//! new events to every table of the current generation, each Delta commit
+//! carrying the last log position it applies.
+//!
+//! The log is read in batches of [`DEFAULT_BATCH`] events. An append table
+//! decodes each batch straight into Arrow (see [`crate::decode`]) and
+//! gathers the rows until it has [`DEFAULT_COMMIT_ROWS`] of them (or
+//! [`COMMIT_BYTES`]) or the run ends, then commits them at once: few
+//! commits, large files. An upsert table folds each batch into net changes
+//! per key and merges them in one commit. Dead letters are stored before
+//! the commit that moves a table past their events.
 //!
 //! Exactly once, without a checkpoint of its own: a table's applied
 //! position is read back from its Delta log (the `txn` action of
@@ -22,6 +30,7 @@ use tessera_contract::model::{Projection, Table};
 use tessera_store::{Store, StoredEvent};
 use url::Url;
 
+use crate::decode::AppendDecoder;
 use crate::delta;
 use crate::rows::{Upserts, append_rows};
 use crate::schema::table_schema;
@@ -50,8 +59,15 @@ impl From<delta::Error> for Error {
 /// The transaction identifier under which the projector records positions.
 pub const APP_ID: &str = "tessera-projector";
 
-/// Events per batch: each batch is one commit per table, and bounds memory.
+/// Events read from the log at a time.
 pub const DEFAULT_BATCH: i64 = 50_000;
+
+/// Rows an append table gathers before it commits them (in files of the
+/// Delta writer's target size), unless the run ends first.
+pub const DEFAULT_COMMIT_ROWS: usize = 1_000_000;
+
+/// Bytes of Arrow data an append table gathers before it commits them.
+pub const COMMIT_BYTES: usize = 256 << 20;
 
 /// The projector of one product.
 pub struct Projector {
@@ -60,6 +76,9 @@ pub struct Projector {
     domain: String,
     name: String,
     batch: i64,
+    commit_rows: usize,
+    /// Whether append tables use their compiled decoder (see [`crate::decode`]).
+    compiled: bool,
     generation: Option<Generation>,
     /// When it turns true, a run stops after the batch in hand.
     stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -86,6 +105,10 @@ struct Target {
     schema: Schema,
     url: Url,
     delta: DeltaTable,
+    /// The compiled decoder of an append table, when its columns allow one.
+    decoder: Option<AppendDecoder>,
+    /// What this run decoded for the table and has not committed.
+    pending: Pending,
     /// The log position the table reflects: its last commit's, or further
     /// when later events gave it nothing to commit.
     applied: i64,
@@ -103,6 +126,42 @@ pub struct RunReport {
     pub dead_letters: u64,
     /// The position every table has applied now.
     pub position: i64,
+    /// Where the run's time went.
+    pub stages: Stages,
+}
+
+/// Seconds spent in each stage of a run, summed over its batches.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Stages {
+    /// Reading events from the log: the query and the rows it gives (on
+    /// another thread, while the batch before is decoded and written).
+    pub fetch: f64,
+    /// Decoding those rows into events: parsing payloads and metadata,
+    /// upcasting (on that thread too).
+    pub parse: f64,
+    /// Waiting for a batch of events to be read.
+    pub read_wait: f64,
+    /// Turning events into cells checked against their columns, and those
+    /// into Arrow batches.
+    pub decode: f64,
+    /// Upsert tables: looking up which keys already have a row.
+    pub lookup: f64,
+    /// Recording dead letters.
+    pub dead_letters: f64,
+    /// Writing Parquet files and committing them to the Delta log.
+    pub write: f64,
+}
+
+impl Stages {
+    fn add(&mut self, other: &Stages) {
+        self.fetch += other.fetch;
+        self.parse += other.parse;
+        self.read_wait += other.read_wait;
+        self.decode += other.decode;
+        self.lookup += other.lookup;
+        self.dead_letters += other.dead_letters;
+        self.write += other.write;
+    }
 }
 
 /// One table as the projector sees it.
@@ -121,12 +180,39 @@ pub struct TableState {
 
 impl Projector {
     pub fn new(store: Store, warehouse: Warehouse, domain: &str, name: &str) -> Self {
-        Self { store, warehouse, domain: domain.to_owned(), name: name.to_owned(), batch: DEFAULT_BATCH, generation: None, stop: None }
+        Self {
+            store,
+            warehouse,
+            domain: domain.to_owned(),
+            name: name.to_owned(),
+            batch: DEFAULT_BATCH,
+            commit_rows: DEFAULT_COMMIT_ROWS,
+            compiled: true,
+            generation: None,
+            stop: None,
+        }
     }
 
-    /// Events per batch (each batch is one commit per table).
+    /// Events read from the log at a time (an upsert table commits each
+    /// such batch).
     pub fn with_batch(mut self, batch: i64) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Without the compiled decoder: every append table takes the general
+    /// path (`rows`, then Arrow's JSON decoder). The two give the same
+    /// tables; this is for tests and benchmarks that hold them side by side.
+    pub fn with_compiled_decoder(mut self, compiled: bool) -> Self {
+        self.compiled = compiled;
+        self.generation = None;
+        self
+    }
+
+    /// Rows an append table gathers before it commits (it commits at the
+    /// end of every run as well).
+    pub fn with_commit_rows(mut self, rows: usize) -> Self {
+        self.commit_rows = rows.max(1);
         self
     }
 
@@ -216,7 +302,18 @@ impl Projector {
             }
             retyped.extend(delta::type_changes(&table, &url, name.as_str(), &schema)?.into_iter().map(|c| format!("{name}.{c}")));
             let applied = delta::applied(&table, &url, APP_ID).await?.unwrap_or(0);
-            tables.push(Target { name: name.to_string(), spec: spec.clone(), schema, url, delta: table, applied, last_commit_at: None });
+            let decoder = if self.compiled { AppendDecoder::compile(spec, &schema) } else { None };
+            tables.push(Target {
+                name: name.to_string(),
+                spec: spec.clone(),
+                schema,
+                url,
+                delta: table,
+                decoder,
+                pending: Pending::default(),
+                applied,
+                last_commit_at: None,
+            });
         }
         tracing::info!(product = %self.product(), version = %version, "projecting contract version");
         self.generation = Some(Generation { contract, version, major, tables, retyped, live, lineage });
@@ -258,38 +355,76 @@ impl Projector {
         let mut report = RunReport::default();
         let Some(generation) = self.generation.as_mut() else { return Ok(report) };
         let major = i64::try_from(generation.major).unwrap_or(i64::MAX);
+        for t in &mut generation.tables {
+            t.pending = Pending::default();
+        }
         let mut cursor = generation.tables.iter().filter(|t| is_event_table(t)).map(|t| t.applied).min().unwrap_or(i64::MAX);
         let mut moved: HashSet<String> = HashSet::new();
         let mut caught_up = cursor >= until;
+        // The next batch is read (on another thread) while this one is
+        // decoded and written.
+        let read = |after: i64| {
+            let (store, domain, name, batch) = (self.store.clone(), self.domain.clone(), self.name.clone(), self.batch);
+            tokio::spawn(async move { store.log_after(&domain, &name, after, until, batch).await })
+        };
+        let mut next = (cursor < until).then(|| read(cursor));
         while cursor < until {
             if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
                 break;
             }
-            let page = self.store.log_after(&self.domain, &self.name, cursor, until, self.batch).await?;
+            let Some(reading) = next.take() else { break };
+            let clock = std::time::Instant::now();
+            let page = reading.await.map_err(|e| Error::Panicked(format!("reading the log: {e}")))??;
+            report.stages.read_wait += clock.elapsed().as_secs_f64();
+            report.stages.fetch += page.fetch_seconds;
+            report.stages.parse += page.parse_seconds;
             let Some(last) = page.events.last() else {
                 caught_up = true;
                 break;
             };
             let end = last.position;
+            if end < until {
+                next = Some(read(end));
+            }
             report.events += page.events.len() as u64;
             for target in generation.tables.iter_mut().filter(|t| is_event_table(t)) {
-                let first = page.events.partition_point(|e| e.position <= target.applied);
+                let first = page.events.partition_point(|e| e.position <= target.applied.max(target.pending.to));
                 let events = &page.events[first..];
                 if events.is_empty() {
                     continue;
                 }
-                let (committed, dead) = apply(target, events, end, &generation.version).await?;
-                report.dead_letters += dead.len() as u64;
+                let (change, dead) = prepare(target, events, &mut report.stages).await?;
+                // The dead letters are stored before the commit that moves
+                // the table past their events: a crash between the two
+                // records them again on the next run (recording is
+                // idempotent), never loses them.
+                let clock = std::time::Instant::now();
                 self.store.record_dead_letters(&self.domain, &self.name, major, &dead).await?;
-                if committed {
-                    report.commits += 1;
-                    moved.insert(target.name.clone());
+                report.stages.dead_letters += clock.elapsed().as_secs_f64();
+                report.dead_letters += dead.len() as u64;
+                let clock = std::time::Instant::now();
+                // What the events did gathers until there is enough for a commit.
+                let pending = &mut target.pending;
+                pending.skipped |= !dead.is_empty();
+                pending.to = end;
+                match change {
+                    Change::Append(batches) => pending.add(batches),
+                    Change::Folded(events) => pending.rows += events,
+                    Change::Nothing => {}
                 }
-                target.applied = end;
+                if pending.rows >= self.commit_rows || pending.bytes >= COMMIT_BYTES || pending.fold.len() >= FOLD_KEYS {
+                    flush(target, &generation.version, &mut report, &mut moved).await?;
+                }
+                report.stages.write += clock.elapsed().as_secs_f64();
             }
             cursor = end;
             progress(report.events);
         }
+        let clock = std::time::Instant::now();
+        for target in generation.tables.iter_mut().filter(|t| is_event_table(t)) {
+            flush(target, &generation.version, &mut report, &mut moved).await?;
+        }
+        report.stages.write += clock.elapsed().as_secs_f64();
         report.commits += derive(generation, &moved).await?;
         report.position = generation.tables.iter().map(|t| t.applied).min().unwrap_or(0);
         // A generation goes live once it has caught up with the log; the
@@ -331,9 +466,13 @@ impl Projector {
         let label = format!("rebuild-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
         let staging = self.warehouse.staging(&self.domain, &self.name, &label);
         self.store.clear_dead_letters(&self.domain, &self.name, major).await?;
-        let mut fresh = Projector::new(self.store.clone(), staging, &self.domain, &self.name).with_batch(self.batch);
+        let mut fresh = Projector::new(self.store.clone(), staging, &self.domain, &self.name)
+            .with_batch(self.batch)
+            .with_commit_rows(self.commit_rows)
+            .with_compiled_decoder(self.compiled);
         let mut events = 0;
         let mut dead_letters = 0;
+        let mut stages = Stages::default();
         // Until no event arrived during the last pass.
         loop {
             let head = self.store.head(&self.domain, &self.name).await?;
@@ -342,6 +481,7 @@ impl Projector {
             let report = fresh.run_until(head, &|n| progress(done + n, total)).await?;
             events += report.events;
             dead_letters += report.dead_letters;
+            stages.add(&report.stages);
             if report.events == 0 || self.store.head(&self.domain, &self.name).await? == head {
                 break;
             }
@@ -372,6 +512,7 @@ impl Projector {
             "dead_letters": dead_letters,
             "tables": swapped,
             "seconds": started.elapsed().as_secs_f64(),
+            "stages": stages,
         }))
     }
 
@@ -426,60 +567,139 @@ fn is_event_table(t: &Target) -> bool {
     !matches!(t.spec.projection, Projection::Sql { .. })
 }
 
-/// Applies `events` to one table, committing with `position` if they change
-/// it. Returns whether it committed, and the events it could not project.
-async fn apply(
+/// What a run of events does to one table, before it is committed.
+enum Change {
+    Append(Vec<RecordBatch>),
+    /// This many events were folded into the table's pending changes.
+    Folded(usize),
+    Nothing,
+}
+
+/// Works out what `events` do to one table, and the events it cannot
+/// project.
+async fn prepare(
     target: &mut Target,
     events: &[StoredEvent],
-    position: i64,
-    contract_version: &str,
-) -> Result<(bool, Vec<tessera_store::DeadLetter>), Error> {
-    let (committed, dead) = match &target.spec.projection {
+    stages: &mut Stages,
+) -> Result<(Change, Vec<tessera_store::DeadLetter>), Error> {
+    let clock = std::time::Instant::now();
+    let out = match &target.spec.projection {
+        Projection::Append { .. } if target.decoder.is_some() => {
+            let Some(decoder) = &target.decoder else { return Ok((Change::Nothing, Vec::new())) };
+            let (batch, dead) = decoder
+                .decode(&target.name, &target.spec, events)
+                .map_err(|e| delta::Error::Rows { table: target.name.clone(), message: e.to_string() })?;
+            (batch.map_or(Change::Nothing, |b| Change::Append(vec![b])), dead)
+        }
         Projection::Append { .. } => {
             let (rows, dead) = append_rows(&target.name, &target.spec, events);
             if rows.is_empty() {
-                mark_dead_letters_applied(target, &dead, position, contract_version).await?;
-                (false, dead)
+                (Change::Nothing, dead)
             } else {
-                let batch = delta::batch(&target.name, &target.schema, &rows)?;
-                target.delta = delta::append(target.delta.clone(), &target.url, batch, APP_ID, position, contract_version).await?;
-                (true, dead)
+                (Change::Append(vec![delta::batch(&target.name, &target.schema, &rows)?]), dead)
             }
         }
         Projection::Upsert { key, .. } => {
             let upserts = Upserts::prepare(&target.name, &target.spec, events);
-            let lookups = upserts.lookups(key);
+            // Keys the pending changes decide need no lookup: the table does
+            // not have their latest state yet.
+            let lookups = upserts.lookups(key, &target.pending.fold);
+            stages.decode += clock.elapsed().as_secs_f64();
+            let clock = std::time::Instant::now();
             let existing = delta::existing_keys(&target.delta, &target.url, &target.schema, key, &lookups).await?;
-            let (fold, dead) = upserts.fold(&existing);
-            if fold.is_empty() {
-                mark_dead_letters_applied(target, &dead, position, contract_version).await?;
-                (false, dead)
-            } else {
-                target.delta =
-                    delta::merge(target.delta.clone(), &target.url, &target.schema, key, fold, APP_ID, position, contract_version).await?;
-                (true, dead)
-            }
+            stages.lookup += clock.elapsed().as_secs_f64();
+            let dead = upserts.fold_into(&mut target.pending.fold, &existing);
+            return Ok((Change::Folded(events.len()), dead));
         }
-        Projection::Sql { .. } => (false, Vec::new()),
+        Projection::Sql { .. } => (Change::Nothing, Vec::new()),
+    };
+    stages.decode += clock.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// One commit to a table.
+enum Commit {
+    Append(Vec<RecordBatch>),
+    Upsert(crate::fold::Fold),
+    Nothing,
+}
+
+/// Keys an upsert table folds before it commits them.
+pub const FOLD_KEYS: usize = 500_000;
+
+/// What a run did to a table and has not committed yet, up to log position
+/// `to`: rows decoded for an append table, net changes per key for an upsert
+/// table.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RecordBatch>,
+    fold: crate::fold::Fold,
+    /// Rows gathered (append) or events folded (upsert).
+    rows: usize,
+    bytes: usize,
+    to: i64,
+    /// Whether events up to `to` were set aside as dead letters.
+    skipped: bool,
+}
+
+impl Pending {
+    fn add(&mut self, batches: Vec<RecordBatch>) {
+        for b in batches {
+            self.rows += b.num_rows();
+            self.bytes += b.get_array_memory_size();
+            self.batches.push(b);
+        }
+    }
+}
+
+/// Commits what a table gathered, with the position it reaches.
+async fn flush(target: &mut Target, contract_version: &str, report: &mut RunReport, moved: &mut HashSet<String>) -> Result<(), Error> {
+    let pending = std::mem::take(&mut target.pending);
+    if pending.to <= target.applied {
+        return Ok(());
+    }
+    let change = if !pending.fold.is_empty() {
+        Commit::Upsert(pending.fold)
+    } else if !pending.batches.is_empty() {
+        Commit::Append(pending.batches)
+    } else {
+        Commit::Nothing
+    };
+    if commit(target, change, pending.skipped, pending.to, contract_version).await? {
+        report.commits += 1;
+        moved.insert(target.name.clone());
+    }
+    target.applied = pending.to;
+    Ok(())
+}
+
+/// Commits a change to one table with `position`; a change of nothing but
+/// dead letters (`skipped`) records the position all the same, so that a
+/// restart does not read those events again. Returns whether it committed
+/// rows.
+async fn commit(target: &mut Target, change: Commit, skipped: bool, position: i64, contract_version: &str) -> Result<bool, Error> {
+    let committed = match change {
+        Commit::Append(batches) => {
+            target.delta = delta::append(target.delta.clone(), &target.url, batches, APP_ID, position, contract_version).await?;
+            true
+        }
+        Commit::Upsert(fold) => {
+            let Projection::Upsert { key, .. } = &target.spec.projection else { return Ok(false) };
+            target.delta =
+                delta::merge(target.delta.clone(), &target.url, &target.schema, key, fold, APP_ID, position, contract_version).await?;
+            true
+        }
+        Commit::Nothing => {
+            if skipped {
+                target.delta = delta::mark(target.delta.clone(), &target.url, APP_ID, position, contract_version).await?;
+            }
+            false
+        }
     };
     if committed {
         target.last_commit_at = Some(chrono::Utc::now().timestamp_micros());
     }
-    Ok((committed, dead))
-}
-
-/// When a run gave a table only dead letters, records its position all the
-/// same, so that a restart does not read those events again.
-async fn mark_dead_letters_applied(
-    target: &mut Target,
-    dead: &[tessera_store::DeadLetter],
-    position: i64,
-    contract_version: &str,
-) -> Result<(), Error> {
-    if !dead.is_empty() {
-        target.delta = delta::mark(target.delta.clone(), &target.url, APP_ID, position, contract_version).await?;
-    }
-    Ok(())
+    Ok(committed)
 }
 
 /// Recomputes the derived tables that read a table in `moved`, or that

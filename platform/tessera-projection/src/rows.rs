@@ -104,13 +104,14 @@ impl Upserts {
     }
 
     /// The keys whose row's existence decides an event: those whose first
-    /// event in the run sets some columns but not every required one. Each
-    /// comes with its key cells, to look it up in the table.
-    pub fn lookups(&self, key: &[tessera_core::ColumnName]) -> Vec<(String, Map<String, Value>)> {
+    /// event in the run sets some columns but not every required one, and
+    /// that `pending` (the changes of the run so far, not committed) does
+    /// not decide. Each comes with its key cells, to look it up in the table.
+    pub fn lookups(&self, key: &[tessera_core::ColumnName], pending: &Fold) -> Vec<(String, Map<String, Value>)> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for item in &self.items {
-            if !seen.insert(item.key.as_str()) {
+            if !seen.insert(item.key.as_str()) || pending.touches(&item.key) {
                 continue;
             }
             if let Op::Set { cells, missing } = &item.op
@@ -132,6 +133,13 @@ impl Upserts {
     /// keys (see [`Upserts::lookups`]) have a row.
     pub fn fold(self, existing: &HashSet<String>) -> (Fold, Vec<DeadLetter>) {
         let mut fold = Fold::default();
+        let dead = self.fold_into(&mut fold, existing);
+        (fold, dead)
+    }
+
+    /// Folds the run into `fold`, the changes of the events before it that
+    /// are not committed yet, as if they were one run.
+    pub fn fold_into(self, fold: &mut Fold, existing: &HashSet<String>) -> Vec<DeadLetter> {
         let mut dead = self.dead;
         for item in self.items {
             match item.op {
@@ -158,7 +166,7 @@ impl Upserts {
             }
         }
         dead.sort_by_key(|d| d.position);
-        (fold, dead)
+        dead
     }
 }
 

@@ -2,6 +2,11 @@
 //! that a value that does not fit is a located reason for the dead-letter
 //! list, never a failed commit or a silently changed value.
 
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use arrow::error::ArrowError;
 use serde_json::{Map, Value};
 use tessera_contract::model::{Column, DataType, EventField, Source};
 use tessera_store::StoredEvent;
@@ -34,12 +39,15 @@ pub fn cell(value: Option<Value>, column: &Column) -> Result<Value, String> {
     match value {
         None | Some(Value::Null) if column.required => Err("is required but has no value".into()),
         None | Some(Value::Null) => Ok(Value::Null),
-        Some(v) if tessera_contract::seal::is_sealed(column) => {
-            let v = with_tokens(v, column)?;
-            Ok(Value::String(hex::encode(v.to_string())))
-        }
+        Some(v) if tessera_contract::seal::is_sealed(column) => Ok(Value::String(hex::encode(sealed_json_text(v, column)?))),
         Some(v) => typed(v, &column.data_type),
     }
+}
+
+/// The JSON text a sealed column stores for `v` (not null), checked
+/// against the column where it is not a token.
+pub(crate) fn sealed_json_text(v: Value, column: &Column) -> Result<String, String> {
+    Ok(with_tokens(v, column)?.to_string())
 }
 
 /// A sealed column's value, opened, in the form the Arrow JSON decoder
@@ -159,10 +167,34 @@ fn typed(v: Value, t: &DataType) -> Result<Value, String> {
     }
 }
 
+/// JSON rows as one Arrow batch of `schema` (`None` for no rows).
+///
+/// The rows are written out as JSON text for Arrow's JSON decoder, rather
+/// than handed to it as values: numbers keep the exact text they were sent
+/// with (serde_json's `arbitrary_precision`), which the decoder's value
+/// path does not understand.
+pub fn json_batch<T: serde::Serialize>(schema: &Schema, rows: &[T]) -> Result<Option<RecordBatch>, ArrowError> {
+    let mut text = Vec::with_capacity(rows.len() * 64);
+    for row in rows {
+        serde_json::to_writer(&mut text, row).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+        text.push(b'\n');
+    }
+    let mut decoder = arrow::json::ReaderBuilder::new(Arc::new(schema.clone())).with_batch_size(rows.len().max(1)).build_decoder()?;
+    let mut rest = text.as_slice();
+    while !rest.is_empty() {
+        let read = decoder.decode(rest)?;
+        if read == 0 {
+            break;
+        }
+        rest = &rest[read..];
+    }
+    decoder.flush()
+}
+
 /// A decimal's text fits `decimal(precision, scale)` when it has at most
 /// `precision - scale` digits before the point and at most `scale` after it
 /// (a value is never rounded into a column).
-fn decimal_fits(text: &str, precision: u8, scale: u8) -> Result<(), String> {
+pub(crate) fn decimal_fits(text: &str, precision: u8, scale: u8) -> Result<(), String> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     if digits.contains(['e', 'E']) {
         return Err(format!("`{text}` is written with an exponent; a decimal column takes plain digits"));

@@ -538,9 +538,7 @@ pub async fn mask_rows(
         return Ok(rows);
     }
     let schema = Arc::new(table_schema(spec));
-    let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(&schema)).build_decoder()?;
-    decoder.serialize(&rows)?;
-    let Some(batch) = decoder.flush()? else { return Ok(Vec::new()) };
+    let Some(batch) = tessera_projection::values::json_batch(&schema, &rows)? else { return Ok(Vec::new()) };
     let mut fields = Vec::new();
     let mut columns = Vec::new();
     for (field, array) in schema.fields().iter().zip(batch.columns()) {

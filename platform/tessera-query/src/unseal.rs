@@ -63,10 +63,7 @@ fn decode(field: &Field, rows: &[Value]) -> Result<ArrayRef> {
     if rows.is_empty() {
         return Ok(new_empty_array(field.data_type()));
     }
-    let schema = Arc::new(Schema::new(vec![field.clone()]));
-    let mut decoder = arrow::json::ReaderBuilder::new(schema).with_batch_size(rows.len()).build_decoder()?;
-    decoder.serialize(rows)?;
-    match decoder.flush()? {
+    match tessera_projection::values::json_batch(&Schema::new(vec![field.clone()]), rows)? {
         Some(batch) => Ok(Arc::clone(batch.column(0))),
         None => Ok(new_empty_array(field.data_type())),
     }

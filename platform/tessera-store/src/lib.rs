@@ -7,6 +7,7 @@
 //! idempotency, who may write); the HTTP server only translates.
 
 pub mod audit;
+mod bulk;
 pub mod catalog;
 mod compiled;
 pub mod db;
@@ -78,10 +79,14 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// See [`Store::delay_commits_for_tests`].
     commit_delay_ms: std::sync::atomic::AtomicU64,
+    /// SQLite: the WAL size (pages) beyond which checkpoints truncate it.
+    wal_limit_pages: Arc<std::sync::atomic::AtomicI64>,
     /// Events appended through this handle, for [`Store::keep_statistics_fresh`].
     appended_since_analyze: std::sync::atomic::AtomicU64,
     /// Wraps and unwraps the data keys (see [`keys`]); never stored.
     kek: Kek,
+    /// SQLite: the projector's bulk reader of the log (see [`bulk`]).
+    bulk: Option<Arc<bulk::BulkReader>>,
 }
 
 impl Drop for Inner {
@@ -112,18 +117,28 @@ impl Store {
                 notify,
                 tasks: Mutex::new(Vec::new()),
                 commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
+                wal_limit_pages: Arc::new(std::sync::atomic::AtomicI64::new(db::WAL_LIMIT_PAGES)),
                 appended_since_analyze: std::sync::atomic::AtomicU64::new(0),
                 kek,
+                bulk: if backend == Backend::Sqlite { bulk::BulkReader::for_url(url) } else { None },
             }),
         };
         store.check_kek().await?;
         store.reapply_ledger().await?;
         store.seal_existing_events().await?;
         match backend {
-            Backend::Sqlite => store.spawn(db::checkpoint(store.inner.pool.clone(), store.inner.checkpoint.clone())),
+            Backend::Sqlite => {
+                store.spawn(db::checkpoint(store.inner.pool.clone(), store.inner.checkpoint.clone(), store.inner.wal_limit_pages.clone()))
+            }
             Backend::Postgres => store.listen(url).await?,
         }
         Ok(store)
+    }
+
+    /// SQLite: bounds the WAL to about `pages` pages of 4 KiB (default
+    /// [`db::WAL_LIMIT_PAGES`]); see [`db::checkpoint`].
+    pub fn limit_wal(&self, pages: i64) {
+        self.inner.wal_limit_pages.store(pages.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn backend(&self) -> Backend {

@@ -37,6 +37,7 @@ use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use crate::bulk::RawEvent;
 use crate::catalog::ProductRow;
 use crate::envelope::{EventInput, MAX_PROBLEMS};
 use crate::error::{Error, EventProblem, Result};
@@ -110,6 +111,13 @@ pub struct LogPage {
     pub events: Vec<StoredEvent>,
     /// Pass as `after` to read on; equals the request's `after` when nothing is new.
     pub next_after: i64,
+    /// Seconds the database took to give the rows (the rest of a read is
+    /// decoding them), for the projector's stage timers.
+    #[serde(skip)]
+    pub fetch_seconds: f64,
+    /// Seconds spent decoding them (parsing, upcasting).
+    #[serde(skip)]
+    pub parse_seconds: f64,
 }
 
 /// An event ready to be stored.
@@ -465,12 +473,14 @@ impl Store {
         let limit = limit.clamp(1, MAX_READ);
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE product_id = $1 AND position > $2{} ORDER BY position LIMIT $3", self.horizon());
+        let clock = std::time::Instant::now();
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(after).bind(limit).fetch_all(self.pool()).await?;
+        let fetch_seconds = clock.elapsed().as_secs_f64();
         let compiled = self.compiled(&product).await?;
         let mut events = rows.iter().map(|r| stored_event(r, &compiled)).collect::<Result<Vec<_>>>()?;
         self.open_payloads(domain, &compiled, &mut events).await?;
         let next_after = events.last().map_or(after, |e| e.position);
-        Ok(LogPage { events, next_after })
+        Ok(LogPage { events, next_after, fetch_seconds, parse_seconds: 0.0 })
     }
 
     /// Opens the sealed fields of events read by a member of the domain: a
@@ -513,15 +523,25 @@ impl Store {
     pub async fn log_after(&self, domain: &str, name: &str, after: i64, until: i64, limit: i64) -> Result<LogPage> {
         let product = self.product_row(domain, name).await?;
         let limit = limit.clamp(1, MAX_PLATFORM_READ);
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE product_id = $1 AND position > $2 AND position <= $3{} ORDER BY position LIMIT $4",
-            self.horizon()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(after).bind(until).bind(limit).fetch_all(self.pool()).await?;
+        let clock = std::time::Instant::now();
+        let raw = match &self.inner.bulk {
+            Some(bulk) => bulk.read(product.id, after, until, limit).await?,
+            None => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM events WHERE product_id = $1 AND position > $2 AND position <= $3{} ORDER BY position LIMIT $4",
+                    self.horizon()
+                );
+                let rows =
+                    sqlx::query(AssertSqlSafe(sql)).bind(product.id).bind(after).bind(until).bind(limit).fetch_all(self.pool()).await?;
+                rows.iter().map(raw_event).collect::<Result<Vec<_>>>()?
+            }
+        };
+        let fetch_seconds = clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
         let compiled = self.compiled(&product).await?;
-        let events = rows.iter().map(|r| stored_event(r, &compiled)).collect::<Result<Vec<_>>>()?;
+        let events: Vec<StoredEvent> = raw.into_iter().map(|r| from_raw(r, &compiled)).collect();
         let next_after = events.last().map_or(after, |e| e.position);
-        Ok(LogPage { events, next_after })
+        Ok(LogPage { events, next_after, fetch_seconds, parse_seconds: clock.elapsed().as_secs_f64() })
     }
 
     /// How far behind `after` the product's log is: the events after it,
@@ -682,11 +702,40 @@ const COLUMNS: &str =
     "position, stream, stream_version, event_id, event_type, schema_version, payload, metadata, contract_version, recorded_at";
 
 fn stored_event(r: &sqlx::any::AnyRow, compiled: &crate::compiled::Compiled) -> Result<StoredEvent> {
-    let id: Vec<u8> = r.try_get(3)?;
-    let event_type: String = r.try_get(4)?;
-    let stored_schema_version: i64 = r.try_get(5)?;
-    let payload: String = r.try_get(6)?;
-    let metadata: String = r.try_get(7)?;
+    Ok(from_raw(raw_event(r)?, compiled))
+}
+
+/// A row of [`COLUMNS`].
+fn raw_event(r: &sqlx::any::AnyRow) -> Result<RawEvent> {
+    Ok(RawEvent {
+        position: r.try_get(0)?,
+        stream: r.try_get(1)?,
+        version: r.try_get(2)?,
+        id: r.try_get(3)?,
+        event_type: r.try_get(4)?,
+        schema_version: r.try_get(5)?,
+        payload: r.try_get(6)?,
+        metadata: r.try_get(7)?,
+        contract_version: r.try_get(8)?,
+        recorded_at: r.try_get(9)?,
+    })
+}
+
+/// An event as stored, its payload and metadata parsed and the payload
+/// upcast to the current schema version of its type.
+fn from_raw(raw: RawEvent, compiled: &crate::compiled::Compiled) -> StoredEvent {
+    let RawEvent {
+        position,
+        stream,
+        version,
+        id,
+        event_type,
+        schema_version: stored_schema_version,
+        payload,
+        metadata,
+        contract_version,
+        recorded_at,
+    } = raw;
     let original: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
     let (payload, schema_version, upcast_error) = match compiled.event_type(&event_type) {
         Some(t) if i64::from(t.version) != stored_schema_version => {
@@ -697,20 +746,20 @@ fn stored_event(r: &sqlx::any::AnyRow, compiled: &crate::compiled::Compiled) -> 
         }
         _ => (original, stored_schema_version, None),
     };
-    Ok(StoredEvent {
-        position: r.try_get(0)?,
-        stream: r.try_get(1)?,
-        version: r.try_get(2)?,
+    StoredEvent {
+        position,
+        stream,
+        version,
         id: Uuid::from_slice(&id).unwrap_or_default(),
         event_type,
         schema_version,
         stored_schema_version,
         payload,
         metadata: serde_json::from_str(&metadata).unwrap_or(Value::Null),
-        contract_version: r.try_get(8)?,
-        recorded_at: rfc3339(r.try_get(9)?),
+        contract_version,
+        recorded_at: rfc3339(recorded_at),
         upcast_error,
-    })
+    }
 }
 
 /// Validates every event (all problems at once, up to a limit) and finds

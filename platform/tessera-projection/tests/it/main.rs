@@ -24,7 +24,7 @@ async fn a_commit_carries_its_position_and_survives_a_reopen() {
 
     let rows = [json!({"order_id": "ORD-1", "quantity": 2}), json!({"order_id": "ORD-2", "quantity": null})];
     let batch = delta::batch("order_lines", &schema, &rows).expect("batch");
-    let table = delta::append(table, &url, batch, app, 42, "1.2.0").await.expect("append");
+    let table = delta::append(table, &url, vec![batch], app, 42, "1.2.0").await.expect("append");
     assert_eq!(delta::applied(&table, &url, app).await.expect("txn"), Some(42));
 
     // Another process: open the same table and find the position there.
@@ -76,7 +76,8 @@ async fn sample_order_lines_from_the_store_into_delta() {
     let delta_table = delta::open_or_create(&url, "order_lines", &schema).await.expect("create");
     let batch = delta::batch("order_lines", &schema, &rows).expect("batch");
     let last = log.last().expect("events").position;
-    let delta_table = delta::append(delta_table, &url, batch, "tessera/sales/orders/v1/order_lines", last, "1.2.0").await.expect("commit");
+    let delta_table =
+        delta::append(delta_table, &url, vec![batch], "tessera/sales/orders/v1/order_lines", last, "1.2.0").await.expect("commit");
 
     let ctx = SessionContext::new();
     ctx.register_table("order_lines", delta_table.table_provider().await.expect("provider")).expect("register");

@@ -104,8 +104,10 @@ async fn payloads_are_stored_faithfully(db: &TestDb) {
     event.payload["sku"] = json!("Ünïcödé \"quoted\" back\\slash\nnew line\t tab \u{0} nul 🎉 </script>");
     event.payload["quantity"] = json!(9_007_199_254_740_993u64);
     event.payload["unit_price"] = serde_json::from_str("1.50").expect("number");
-    event.payload["note"] =
-        serde_json::from_str(r#"{"tiny": 1e-7, "big": -12345678901234.5, "list": [0, -0.0, true, null, {}, []]}"#).expect("json");
+    event.payload["note"] = serde_json::from_str(
+        r#"{"tiny": 1e-7, "big": -12345678901234.5, "exact": 12345678901234567.890123456789, "list": [0, -0.0, true, null, {}, []]}"#,
+    )
+    .expect("json");
     event.metadata.insert("correlation_id".into(), json!("c-1"));
     event.metadata.insert("trace".into(), json!({"spans": [1, 2, 3], "ok": true}));
     let sent = event.clone();
@@ -113,6 +115,10 @@ async fn payloads_are_stored_faithfully(db: &TestDb) {
     let stored = store.read_stream(&owner("sales"), "sales", "orders", "ORD-Ü", 1, 1).await.expect("read");
     assert_eq!(stored[0].payload, sent.payload);
     assert_eq!(stored[0].payload["quantity"].as_u64(), Some(9_007_199_254_740_993));
+    // A number is stored as it was written, digit for digit: more digits
+    // than a float holds are not rounded away, nor `1.50` made `1.5`.
+    assert_eq!(stored[0].payload["note"]["exact"].to_string(), "12345678901234567.890123456789");
+    assert_eq!(stored[0].payload["unit_price"].to_string(), "1.50");
     assert_eq!(stored[0].metadata["trace"], sent.metadata["trace"]);
     assert_eq!(stored[0].metadata["correlation_id"], json!("c-1"));
     assert_eq!(stored[0].metadata["principal"], json!("sales-owner"));
