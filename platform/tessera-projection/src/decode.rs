@@ -23,7 +23,7 @@ use serde_json::Value;
 use tessera_contract::model::{Assignments, Column, DataType, EventField, Projection, Source, Table};
 use tessera_store::{DeadLetter, StoredEvent};
 
-use crate::values::{cell, decimal_fits, sealed_json_text, source_value};
+use crate::values::{cell, date, decimal_text, sealed_json_text, source_value, timestamp};
 
 /// The decoder of one append table.
 #[derive(Debug)]
@@ -237,20 +237,12 @@ impl Target {
                 Cell::Float64(v.as_f64()?)
             }
             Kind::Decimal { precision, scale } => {
-                let text: Cow<'_, str> = match v.as_ref() {
-                    Value::Number(n) => Cow::Owned(n.to_string()),
-                    Value::String(s) => Cow::Borrowed(s.as_str()),
-                    _ => return None,
-                };
-                decimal_fits(&text, precision, scale).ok()?;
+                let text = decimal_text(&v, precision, scale).ok()?;
                 let scale = i8::try_from(scale).ok()?;
                 Cell::Decimal(arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(&text, precision, scale).ok()?)
             }
-            Kind::Date => {
-                let date = chrono::NaiveDate::parse_from_str(v.as_str()?, "%Y-%m-%d").ok()?;
-                Cell::Date(chrono::Datelike::num_days_from_ce(&date) - UNIX_EPOCH_DAYS_FROM_CE)
-            }
-            Kind::Timestamp => Cell::Timestamp(chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?.timestamp_micros()),
+            Kind::Date => Cell::Date(chrono::Datelike::num_days_from_ce(&date(v.as_str()?)?) - UNIX_EPOCH_DAYS_FROM_CE),
+            Kind::Timestamp => Cell::Timestamp(timestamp(v.as_str()?)?.timestamp_micros()),
             Kind::Sealed => Cell::Bytes(sealed_json_text(v.into_owned(), &self.column).ok()?.into_bytes()),
         })
     }
@@ -383,7 +375,7 @@ mod tests {
         if rng.u8(0..100) >= 4 {
             return good(rng, i);
         }
-        match rng.u8(0..11) {
+        match rng.u8(0..17) {
             0 => Value::Null,
             1 => json!("text"),
             2 => json!(true),
@@ -394,6 +386,11 @@ mod tests {
             7 => json!(["x"]),
             8 => json!({"x": 1}),
             9 => json!("2026-02-30"),
+            11 => json!(" 2025-03-01"),
+            12 => json!("99-12-31"),
+            13 => json!("9999-12-31T23:00:00-02:00"),
+            14 => number("1.2345E3"),
+            15 => json!("-0012.50"),
             _ => json!("not a time"),
         }
     }

@@ -127,24 +127,17 @@ fn typed(v: Value, t: &DataType) -> Result<Value, String> {
             Some(_) if v.is_number() => Ok(v),
             _ => wrong(&v),
         },
-        DataType::Decimal { precision, scale } => {
-            let text = match &v {
-                Value::Number(n) => n.to_string(),
-                Value::String(s) => s.clone(),
-                other => return wrong(other),
-            };
-            decimal_fits(&text, *precision, *scale).map(|()| Value::String(text))
-        }
-        DataType::Date => match &v {
-            Value::String(s) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => Ok(v),
-            other => Err(format!("{} is not a date (YYYY-MM-DD)", describe(other))),
+        DataType::Decimal { precision, scale } => match &v {
+            Value::Number(_) | Value::String(_) => decimal_text(&v, *precision, *scale).map(Value::String),
+            other => wrong(other),
         },
-        DataType::Timestamp => match &v {
-            Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
-                Ok(t) => Ok(Value::from(t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))),
-                Err(_) => Err(format!("{} is not an RFC 3339 timestamp", describe(&v))),
-            },
-            other => Err(format!("{} is not an RFC 3339 timestamp", describe(other))),
+        DataType::Date => match v.as_str().and_then(date) {
+            Some(d) => Ok(Value::from(d.format("%Y-%m-%d").to_string())),
+            None => Err(format!("{} is not a date (YYYY-MM-DD, years 1 to 9999)", describe(&v))),
+        },
+        DataType::Timestamp => match v.as_str().and_then(timestamp) {
+            Some(t) => Ok(Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))),
+            None => Err(format!("{} is not an RFC 3339 timestamp (years 1 to 9999)", describe(&v))),
         },
         DataType::Struct(columns) => {
             let Value::Object(mut object) = v else { return wrong(&v) };
@@ -189,6 +182,87 @@ pub fn json_batch<T: serde::Serialize>(schema: &Schema, rows: &[T]) -> Result<Op
         rest = &rest[read..];
     }
     decoder.flush()
+}
+
+/// A date as a column takes it: exactly `YYYY-MM-DD`, in years 1 to 9999
+/// (what Arrow and Parquet readers read back).
+pub(crate) fn date(text: &str) -> Option<chrono::NaiveDate> {
+    let d = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    ((1..=9999).contains(&chrono::Datelike::year(&d)) && d.format("%Y-%m-%d").to_string() == text).then_some(d)
+}
+
+/// A timestamp as a column takes it: RFC 3339, in UTC years 1 to 9999.
+pub(crate) fn timestamp(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let t = chrono::DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&chrono::Utc);
+    (1..=9999).contains(&chrono::Datelike::year(&t)).then_some(t)
+}
+
+/// The canonical text of a decimal value (a JSON number or a string) that
+/// fits `decimal(precision, scale)`, or why it does not. A number written
+/// with an exponent (`1.5E7`, as many JSON writers print doubles) is
+/// expanded exactly; a string must be plain digits. The text is canonical
+/// (no leading zeros, no trailing zeros after the point, no `-0`), so that
+/// equal values are equal keys.
+pub(crate) fn decimal_text(v: &Value, precision: u8, scale: u8) -> Result<String, String> {
+    let text = match v {
+        Value::Number(n) => {
+            let written = n.to_string();
+            if written.contains(['e', 'E']) {
+                expand_exponent(&written).ok_or_else(|| format!("`{written}` is beyond any decimal(38): its exponent is too large"))?
+            } else {
+                written
+            }
+        }
+        Value::String(s) => s.clone(),
+        other => return Err(format!("{} is not a decimal number", describe(other))),
+    };
+    decimal_fits(&text, precision, scale)?;
+    Ok(canonical_decimal(&text))
+}
+
+/// `-1.25e3` as `-1250`: the digits shifted by the exponent, exactly.
+/// `None` for text that is not a number with an exponent, or an exponent
+/// beyond ±100 (no decimal(38) holds it).
+fn expand_exponent(text: &str) -> Option<String> {
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(r) => ("-", r),
+        None => ("", text),
+    };
+    let (mantissa, exponent) = rest.split_once(['e', 'E'])?;
+    let exponent: i64 = exponent.strip_prefix('+').unwrap_or(exponent).parse().ok().filter(|e: &i64| e.abs() <= 100)?;
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let point = i64::try_from(int.len()).ok()? + exponent;
+    let len = i64::try_from(digits.len()).ok()?;
+    let plain = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat(usize::try_from(-point).ok()?))
+    } else if point >= len {
+        format!("{digits}{}", "0".repeat(usize::try_from(point - len).ok()?))
+    } else {
+        let at = usize::try_from(point).ok()?;
+        format!("{}.{}", &digits[..at], &digits[at..])
+    };
+    Some(format!("{sign}{plain}"))
+}
+
+/// Plain decimal text without leading zeros, trailing zeros after the
+/// point, or a negative zero (the text has passed [`decimal_fits`]).
+fn canonical_decimal(text: &str) -> String {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        i => i,
+    };
+    let frac = frac.trim_end_matches('0');
+    let sign = if negative && (int != "0" || !frac.is_empty()) { "-" } else { "" };
+    if frac.is_empty() { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") }
 }
 
 /// A decimal's text fits `decimal(precision, scale)` when it has at most
@@ -256,13 +330,26 @@ mod tests {
         );
         assert!(cell(Some(json!("yesterday")), &col(DataType::Timestamp, true)).is_err());
         assert!(cell(Some(json!("2025-02-30")), &col(DataType::Date, true)).is_err());
+        // What Arrow reads back: four-digit years, canonical text.
+        assert!(cell(Some(json!("99-12-31")), &col(DataType::Date, true)).is_err());
+        assert!(cell(Some(json!(" 2025-03-01")), &col(DataType::Date, true)).is_err());
+        assert_eq!(cell(Some(json!("0099-12-31")), &col(DataType::Date, true)), Ok(json!("0099-12-31")));
+        assert!(cell(Some(json!("9999-12-31T23:00:00-02:00")), &col(DataType::Timestamp, true)).is_err(), "year 10000 in UTC");
     }
 
     #[test]
     fn decimals_are_never_rounded() {
         let price = col(DataType::Decimal { precision: 6, scale: 2 }, true);
         assert_eq!(cell(Some(json!(1234.5)), &price), Ok(json!("1234.5")));
-        assert_eq!(cell(Some(json!("-0012.50")), &price), Ok(json!("-0012.50")));
+        // Canonical text: equal values are equal keys.
+        assert_eq!(cell(Some(json!("-0012.50")), &price), Ok(json!("-12.5")));
+        assert_eq!(cell(Some(json!("-0.00")), &price), Ok(json!("0")));
+        // A number written with an exponent is expanded exactly, never through a float.
+        let number = |t: &str| serde_json::from_str::<Value>(t).expect("number");
+        assert_eq!(cell(Some(number("1.23456789E3")), &col(DataType::Decimal { precision: 12, scale: 8 }, true)), Ok(json!("1234.56789")));
+        assert_eq!(cell(Some(number("-25e-3")), &price), Err("`-0.025` has more than 2 digits after the point of decimal(6,2)".into()));
+        assert_eq!(cell(Some(number("5E2")), &price), Ok(json!("500")));
+        assert!(cell(Some(number("1e400")), &price).is_err_and(|e| e.contains("exponent is too large")));
         assert!(cell(Some(json!(1.005)), &price).is_err_and(|e| e.contains("after the point")));
         assert!(cell(Some(json!(12345)), &price).is_err_and(|e| e.contains("before the point")));
         assert!(cell(Some(json!("1e3")), &price).is_err_and(|e| e.contains("exponent")));

@@ -44,12 +44,13 @@ impl BulkReader {
     /// The reader of the database at `url` (`sqlite://PATH?...`); `None` for
     /// an in-memory database, which no second connection can see.
     pub fn for_url(url: &str) -> Option<Arc<Self>> {
-        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-        let path = rest.split('?').next().unwrap_or_default();
-        if path.is_empty() || path == ":memory:" || url.contains("mode=memory") {
+        // The file as sqlx opens it (percent-decoded, options stripped).
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url).ok()?;
+        let path = options.get_filename();
+        if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" || url.contains("mode=memory") {
             return None;
         }
-        Some(Arc::new(Self { path: PathBuf::from(path), conn: Mutex::new(None) }))
+        Some(Arc::new(Self { path: path.to_path_buf(), conn: Mutex::new(None) }))
     }
 
     /// The events of product `product` after `after` and up to `until`,
@@ -63,7 +64,13 @@ impl BulkReader {
 
     fn read_blocking(&self, product: i64, after: i64, until: i64, limit: i64) -> Result<Vec<RawEvent>> {
         let failed = |e: rusqlite::Error| Error::Config(format!("reading the log from {}: {e}", self.path.display()));
-        let mut guard = self.conn.lock().map_err(|_| Error::Config("the log reader's connection was poisoned".into()))?;
+        // A panic while reading leaves nothing half-done in the connection:
+        // take it back, and start from a fresh one.
+        let mut guard = self.conn.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        });
         if guard.is_none() {
             let conn = rusqlite::Connection::open_with_flags(
                 &self.path,

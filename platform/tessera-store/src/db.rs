@@ -130,6 +130,17 @@ pub async fn connect(url: &str) -> Result<Pools> {
     Ok(pools)
 }
 
+/// A truncating checkpoint that waits at most a second for readers (new
+/// appends wait while it does): when they stay busy, the next wake tries
+/// again, and appends are never held for long.
+async fn truncate(pool: &AnyPool) -> std::result::Result<(i64, i64, i64), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    conn.execute("PRAGMA busy_timeout = 1000").await?;
+    let result = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await;
+    conn.execute("PRAGMA busy_timeout = 30000").await?;
+    result
+}
+
 /// The WAL size (in pages of 4 KiB) beyond which [`checkpoint`] waits for
 /// readers to move on and starts the WAL over: 256 MiB.
 pub const WAL_LIMIT_PAGES: i64 = 65_536;
@@ -158,10 +169,7 @@ pub async fn checkpoint(
         let limit_pages = limit_pages.load(std::sync::atomic::Ordering::Relaxed);
         // (busy, pages in the WAL, pages copied)
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await {
-            Ok((_, pages, _)) if pages > limit_pages => match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
-                .fetch_one(&pool)
-                .await
-            {
+            Ok((_, pages, _)) if pages > limit_pages => match truncate(&pool).await {
                 Ok((0, _, _)) => tracing::debug!(pages, "the SQLite WAL was over its limit: checkpointed and truncated"),
                 Ok(_) => tracing::warn!(pages, "the SQLite WAL is over its limit and readers kept it busy; retrying after the next append"),
                 Err(e) => tracing::warn!(error = %e, "truncating the SQLite WAL failed; retrying after the next append"),

@@ -338,7 +338,7 @@ impl Store {
                 // resend is recognized by id, stream and type.
                 let same = s.stream == p.stream
                     && s.event_type == p.event_type
-                    && (p.forgotten.is_some() || serde_json::from_str::<Value>(&s.payload).ok().as_ref() == Some(&p.payload));
+                    && (p.forgotten.is_some() || serde_json::from_str::<Value>(&s.payload).is_ok_and(|v| same_json(&v, &p.payload)));
                 if !same {
                     return Err(Error::EventIdConflict { index: p.index, id: p.id, position: s.position });
                 }
@@ -703,6 +703,26 @@ const COLUMNS: &str =
 
 fn stored_event(r: &sqlx::any::AnyRow, compiled: &crate::compiled::Compiled) -> Result<StoredEvent> {
     Ok(from_raw(raw_event(r)?, compiled))
+}
+
+/// Whether two payloads are the same: equal, except that numbers compare
+/// by value (`19.90` is `19.9`; a payload stored before numbers were kept
+/// as written holds them as a float printed them).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let integer = |n: &serde_json::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+            x == y
+                || match (integer(x), integer(y)) {
+                    (Some(i), Some(j)) => i == j,
+                    (None, None) => x.as_f64().is_some() && x.as_f64() == y.as_f64(),
+                    _ => false,
+                }
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w))),
+        _ => a == b,
+    }
 }
 
 /// A row of [`COLUMNS`].

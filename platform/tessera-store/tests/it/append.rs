@@ -16,6 +16,7 @@ on_both!(
     idempotent_resend_stores_nothing,
     resend_mixed_with_repeats_and_new_events,
     payloads_are_stored_faithfully,
+    a_resend_with_numbers_written_otherwise_is_the_same_event,
     same_id_other_payload_is_a_conflict,
     one_bad_event_stores_nothing,
     old_payloads_come_back_upcast,
@@ -122,6 +123,27 @@ async fn payloads_are_stored_faithfully(db: &TestDb) {
     assert_eq!(stored[0].metadata["trace"], sent.metadata["trace"]);
     assert_eq!(stored[0].metadata["correlation_id"], json!("c-1"));
     assert_eq!(stored[0].metadata["principal"], json!("sales-owner"));
+}
+
+/// Numbers are stored as written, but a resend compares them by value: a
+/// producer (or a payload stored before numbers were kept as written) that
+/// prints `19.90` as `19.9` resends the same event.
+async fn a_resend_with_numbers_written_otherwise_is_the_same_event(db: &TestDb) {
+    let store = &db.store;
+    with_orders(store).await;
+    let number = |t: &str| serde_json::from_str::<serde_json::Value>(t).expect("number");
+    let mut event = line_added("ORD-N", 1);
+    event.id = Some(Uuid::now_v7());
+    event.payload["unit_price"] = number("19.90");
+    store.append(&owner("sales"), "sales", "orders", vec![event.clone()]).await.expect("append");
+    let mut again = event.clone();
+    again.payload["unit_price"] = number("1.99e1");
+    let out = store.append(&owner("sales"), "sales", "orders", vec![again]).await.expect("resend");
+    assert_eq!((out.appended, out.duplicates), (0, 1));
+    let mut other = event;
+    other.payload["unit_price"] = number("19.91");
+    let err = store.append(&owner("sales"), "sales", "orders", vec![other]).await.expect_err("another price");
+    assert!(matches!(err, Error::EventIdConflict { .. }), "{err}");
 }
 
 async fn same_id_other_payload_is_a_conflict(db: &TestDb) {
