@@ -349,11 +349,7 @@ pub async fn merge(
         let mut rows = Vec::with_capacity(fold.len());
         for (key_text, change) in fold.into_changes() {
             let (KeyChange::Patch(mut cells) | KeyChange::Replace(mut cells)) = change else { continue };
-            let key_values: Vec<Value> =
-                serde_json::from_str(&key_text).map_err(|e| Error::Rows { table: name.clone(), message: e.to_string() })?;
-            for (k, v) in key.iter().zip(key_values) {
-                cells.insert(k.to_string(), v);
-            }
+            insert_key(&mut cells, key, &key_text, &name)?;
             rows.push(Value::Object(cells));
         }
         if rows.is_empty() {
@@ -371,16 +367,12 @@ pub async fn merge(
 
     let mut rows = Vec::with_capacity(fold.len());
     for (key_text, change) in fold.into_changes() {
-        let key_values: Vec<Value> =
-            serde_json::from_str(&key_text).map_err(|e| Error::Rows { table: name.clone(), message: e.to_string() })?;
         let (op, mut cells) = match change {
             KeyChange::Patch(cells) => ("patch", cells),
             KeyChange::Replace(cells) => ("replace", cells),
             KeyChange::Delete => ("delete", Map::new()),
         };
-        for (k, v) in key.iter().zip(key_values) {
-            cells.insert(k.to_string(), v);
-        }
+        insert_key(&mut cells, key, &key_text, &name)?;
         for c in &others {
             let sets = cells.contains_key(c);
             cells.insert(format!("{SETS}{c}"), Value::from(sets));
@@ -424,6 +416,15 @@ pub async fn merge(
         .map_err(delta(url))?;
     tracing::debug!(table = %name, inserted = metrics.num_target_rows_inserted, updated = metrics.num_target_rows_updated, deleted = metrics.num_target_rows_deleted, "merged");
     Ok(table)
+}
+
+/// Puts a fold key's values (its JSON text, see [`Fold`]) into a row's cells.
+fn insert_key(cells: &mut Map<String, Value>, key: &[ColumnName], key_text: &str, table: &str) -> Result<(), Error> {
+    let values: Vec<Value> = serde_json::from_str(key_text).map_err(|e| Error::Rows { table: table.to_owned(), message: e.to_string() })?;
+    for (k, v) in key.iter().zip(values) {
+        cells.insert(k.to_string(), v);
+    }
+    Ok(())
 }
 
 /// What a table holds now: its version, live files, their bytes and rows.

@@ -408,7 +408,7 @@ impl Projector {
                 pending.skipped |= !dead.is_empty();
                 pending.to = end;
                 match change {
-                    Change::Append(batches) => pending.add(batches),
+                    Change::Append(batch) => pending.add(batch),
                     Change::Folded(events) => pending.rows += events,
                     Change::Nothing => {}
                 }
@@ -569,7 +569,7 @@ fn is_event_table(t: &Target) -> bool {
 
 /// What a run of events does to one table, before it is committed.
 enum Change {
-    Append(Vec<RecordBatch>),
+    Append(RecordBatch),
     /// This many events were folded into the table's pending changes.
     Folded(usize),
     Nothing,
@@ -584,21 +584,22 @@ async fn prepare(
 ) -> Result<(Change, Vec<tessera_store::DeadLetter>), Error> {
     let clock = std::time::Instant::now();
     let out = match &target.spec.projection {
-        Projection::Append { .. } if target.decoder.is_some() => {
-            let Some(decoder) = &target.decoder else { return Ok((Change::Nothing, Vec::new())) };
-            let (batch, dead) = decoder
-                .decode(&target.name, &target.spec, events)
-                .map_err(|e| delta::Error::Rows { table: target.name.clone(), message: e.to_string() })?;
-            (batch.map_or(Change::Nothing, |b| Change::Append(vec![b])), dead)
-        }
-        Projection::Append { .. } => {
-            let (rows, dead) = append_rows(&target.name, &target.spec, events);
-            if rows.is_empty() {
-                (Change::Nothing, dead)
-            } else {
-                (Change::Append(vec![delta::batch(&target.name, &target.schema, &rows)?]), dead)
+        Projection::Append { .. } => match &target.decoder {
+            Some(decoder) => {
+                let (batch, dead) = decoder
+                    .decode(&target.name, &target.spec, events)
+                    .map_err(|e| delta::Error::Rows { table: target.name.clone(), message: e.to_string() })?;
+                (batch.map_or(Change::Nothing, Change::Append), dead)
             }
-        }
+            None => {
+                let (rows, dead) = append_rows(&target.name, &target.spec, events);
+                if rows.is_empty() {
+                    (Change::Nothing, dead)
+                } else {
+                    (Change::Append(delta::batch(&target.name, &target.schema, &rows)?), dead)
+                }
+            }
+        },
         Projection::Upsert { key, .. } => {
             let upserts = Upserts::prepare(&target.name, &target.spec, events);
             // Keys the pending changes decide need no lookup: the table does
@@ -643,12 +644,10 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, batches: Vec<RecordBatch>) {
-        for b in batches {
-            self.rows += b.num_rows();
-            self.bytes += b.get_array_memory_size();
-            self.batches.push(b);
-        }
+    fn add(&mut self, batch: RecordBatch) {
+        self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
+        self.batches.push(batch);
     }
 }
 

@@ -268,7 +268,7 @@ fn canonical_decimal(text: &str) -> String {
 /// A decimal's text fits `decimal(precision, scale)` when it has at most
 /// `precision - scale` digits before the point and at most `scale` after it
 /// (a value is never rounded into a column).
-pub(crate) fn decimal_fits(text: &str, precision: u8, scale: u8) -> Result<(), String> {
+fn decimal_fits(text: &str, precision: u8, scale: u8) -> Result<(), String> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     if digits.contains(['e', 'E']) {
         return Err(format!("`{text}` is written with an exponent; a decimal column takes plain digits"));
