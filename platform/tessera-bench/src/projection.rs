@@ -315,8 +315,8 @@ fn report(args: &Args, duckdb_version: &str, results: &[Measured]) -> String {
     out.push_str(&format!(
         "N synthetic `Reading` events (one event type, four payload fields, {} keys) appended to three products, then projected by a \
          release-built projector in process into Delta tables in a local directory: `bench/appends` has an append table (one row per \
-         event), `bench/upserts` an upsert table (the latest reading per key: one MERGE of the net changes per key per batch of {} \
-         events). Each projection reads the events from the SQLite log ({} at a time, through the bulk reader), upcasts and checks every \
+         event), `bench/upserts` an upsert table (the latest reading per key: the net changes per key folded over the \
+         run, up to {} keys or {} events per commit, into a table with no files yet as a plain append, otherwise as one MERGE). Each projection reads the events from the SQLite log ({} at a time, through the bulk reader), upcasts and checks every \
          value against its column; an append table decodes straight into Arrow and commits every {} rows and at the end, each commit \
          with its log position. DuckDB {duckdb_version} (PyPI, same machine, same run) does the same \
          transformation on the same events exported as NDJSON: `read_json`, then `COPY TO` Parquet; for the upsert, `arg_max` of each \
@@ -324,7 +324,8 @@ fn report(args: &Args, duckdb_version: &str, results: &[Measured]) -> String {
          (`pii.free_text`): the note is sealed per key at append, and the projector copies the tokens into a binary column with no \
          statistics, in the same run. Events/s is N divided by the wall time of one projection; medians of {} runs.\n\n",
         args.keys,
-        args.batch,
+        tessera_projection::projector::FOLD_KEYS,
+        tessera_projection::projector::DEFAULT_COMMIT_ROWS,
         args.batch,
         tessera_projection::projector::DEFAULT_COMMIT_ROWS,
         args.runs
