@@ -117,21 +117,21 @@ fn workload(events: usize, copies_per_request: usize) -> Result<Workload> {
 }
 
 /// One database to run against.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Backend {
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
-struct Database {
-    url: String,
+pub(crate) struct Database {
+    pub(crate) url: String,
     _dir: Option<tempfile::TempDir>,
     drop: Option<(String, String)>,
 }
 
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-async fn fresh_database(backend: Backend, admin: &str) -> Result<Database> {
+pub(crate) async fn fresh_database(backend: Backend, admin: &str) -> Result<Database> {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir_in(".")?;
@@ -150,7 +150,7 @@ async fn fresh_database(backend: Backend, admin: &str) -> Result<Database> {
 }
 
 impl Database {
-    async fn remove(self) -> Result<()> {
+    pub(crate) async fn remove(self) -> Result<()> {
         if let Some((admin, name)) = self.drop {
             let mut conn = sqlx::PgConnection::connect(&admin).await?;
             conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await?;

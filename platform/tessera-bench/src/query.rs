@@ -181,7 +181,7 @@ fn timestamp(rng: &mut fastrand::Rng) -> String {
 
 /// The events of sales/orders, NDJSON: `count` orders from `first`, each
 /// placed with its lines; a quarter shipped, one in twenty cancelled.
-fn order_events(first: usize, count: usize, lines: usize, customers: usize) -> String {
+pub(crate) fn order_events(first: usize, count: usize, lines: usize, customers: usize) -> String {
     let mut rng = fastrand::Rng::with_seed(first as u64 + 13);
     let mut out = String::with_capacity(count * (300 + lines * 160));
     let mut push = |stream: &str, kind: &str, payload: serde_json::Value| {

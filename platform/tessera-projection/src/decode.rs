@@ -9,6 +9,15 @@
 //! the same reasons (a value that does not fit is explained by the same
 //! code, [`crate::values::cell`]), the same table. Tables with a struct or
 //! list column keep the general path ([`AppendDecoder::compile`] says so).
+//!
+//! [`AppendDecoder::decode_raw`] reads events as stored ([`RawPage`]):
+//! each value is found in the payload's JSON text and read from there (a
+//! string in place, a number from the digits as written), with no tree of
+//! the payload built and dropped. Any event it cannot take whole (an old
+//! schema version to upcast, a value that does not fit, anything unusual)
+//! goes through the slow lane: parsed and upcast by the store, then
+//! decoded as above, which explains what does not fit. So the fast lane
+//! only ever accepts: what it gets wrong can only be an event slowed down.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -20,10 +29,30 @@ use arrow::array::{
 use arrow::datatypes::{Decimal128Type, Schema};
 use arrow::error::ArrowError;
 use serde_json::Value;
-use tessera_contract::model::{Assignments, Column, DataType, EventField, Projection, Source, Table};
-use tessera_store::{DeadLetter, StoredEvent};
+use serde_json::value::RawValue;
+use tessera_contract::model::{Assignments, Column, DataType, EventField, FieldPath, Projection, Source, Table};
+use tessera_store::{DeadLetter, RawEvent, RawPage, StoredEvent};
 
-use crate::values::{cell, date, decimal_text, sealed_json_text, source_value, timestamp};
+use crate::values::{cell, date, decimal_string, decimal_text, sealed_json_text, source_value, timestamp};
+
+/// Where the slow lane gets events parsed and upcast: the page they were
+/// read in.
+pub trait SlowLane {
+    /// Whether the event's payload must be upcast first.
+    fn upcast_needed(&self, e: &RawEvent) -> bool;
+    /// The event parsed and upcast.
+    fn parse(&self, e: &RawEvent) -> StoredEvent;
+}
+
+impl SlowLane for RawPage {
+    fn upcast_needed(&self, e: &RawEvent) -> bool {
+        RawPage::upcast_needed(self, e)
+    }
+
+    fn parse(&self, e: &RawEvent) -> StoredEvent {
+        RawPage::parse(self, e)
+    }
+}
 
 /// The decoder of one append table.
 #[derive(Debug)]
@@ -122,34 +151,99 @@ impl AppendDecoder {
     /// that cannot be projected.
     pub fn decode(&self, name: &str, table: &Table, events: &[StoredEvent]) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), ArrowError> {
         let Projection::Append { rules } = &table.projection else { return Ok((None, Vec::new())) };
-        let mut builders: Vec<Builder> = self.columns.iter().map(|c| c.builder(events.len())).collect::<Result<_, _>>()?;
-        let mut dead = Vec::new();
-        let mut rows = 0usize;
+        let mut out = Output::new(&self.columns, events.len())?;
+        for e in events {
+            let Some(assignments) = rules.get(e.event_type.as_str()) else { continue };
+            self.decode_parsed(name, assignments, e, &mut out)?;
+        }
+        out.finish(&self.schema)
+    }
+
+    /// [`AppendDecoder::decode`] of `events` (a part of `page`) as stored.
+    pub fn decode_raw(
+        &self,
+        name: &str,
+        table: &Table,
+        page: &impl SlowLane,
+        events: &[RawEvent],
+    ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), ArrowError> {
+        let Projection::Append { rules } = &table.projection else { return Ok((None, Vec::new())) };
+        let mut out = Output::new(&self.columns, events.len())?;
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(self.columns.len());
         for e in events {
             let Some(assignments) = rules.get(e.event_type.as_str()) else { continue };
             cells.clear();
-            match self.check(assignments, e, &mut cells) {
-                Ok(()) => {
-                    for (builder, c) in builders.iter_mut().zip(cells.drain(..)) {
-                        builder.push(c)?;
-                    }
-                    rows += 1;
-                }
-                Err(reason) => dead.push(DeadLetter {
+            if !page.upcast_needed(e) && self.check_raw(assignments, e, &mut cells).is_some() {
+                out.push(&mut cells)?;
+            } else {
+                self.decode_parsed(name, assignments, &page.parse(e), &mut out)?;
+            }
+        }
+        out.finish(&self.schema)
+    }
+
+    /// Decodes one parsed event into `out`: its row, or its dead letter.
+    fn decode_parsed(&self, name: &str, assignments: &Assignments, e: &StoredEvent, out: &mut Output) -> Result<(), ArrowError> {
+        let mut cells = Vec::with_capacity(self.columns.len());
+        match self.check(assignments, e, &mut cells) {
+            Ok(()) => out.push(&mut cells),
+            Err(reason) => {
+                out.dead.push(DeadLetter {
                     table: name.to_owned(),
                     position: e.position,
                     stream: e.stream.clone(),
                     event_type: e.event_type.clone(),
                     reason,
-                }),
+                });
+                Ok(())
             }
         }
-        if rows == 0 {
-            return Ok((None, dead));
+    }
+
+    /// Every column's cell of one stored event, read in place; `None` when
+    /// the event must take the slow lane (anything that does not fit, or
+    /// is unusual).
+    fn check_raw<'a>(&self, assignments: &'a Assignments, e: &'a RawEvent, cells: &mut Vec<Cell<'a>>) -> Option<()> {
+        let mut payload: Option<Members<'a>> = None;
+        let mut metadata: Option<Members<'a>> = None;
+        for target in &self.columns {
+            let value = match assignments.get(target.name.as_str()) {
+                None => None,
+                Some(Source::Payload(path)) => {
+                    let members = match &mut payload {
+                        Some(m) => m,
+                        none => none.insert(Members::parse(&e.payload)?),
+                    };
+                    match members.path(path)? {
+                        Some(raw) => raw_scalar(raw)?,
+                        None => None,
+                    }
+                }
+                Some(Source::Metadata(key)) => {
+                    let members = match &mut metadata {
+                        Some(m) => m,
+                        none => none.insert(Members::parse(&e.metadata)?),
+                    };
+                    match members.get(key) {
+                        Some(raw) => raw_scalar(raw)?,
+                        None => None,
+                    }
+                }
+                Some(Source::Literal(v)) => Scalar::of(Cow::Borrowed(v)),
+                Some(Source::Event(field)) => Some(match field {
+                    EventField::Id => Scalar::Text(Cow::Owned(e.id().to_string())),
+                    EventField::Type => Scalar::Text(Cow::Borrowed(e.event_type.as_str())),
+                    EventField::Stream => Scalar::Text(Cow::Borrowed(e.stream.as_str())),
+                    EventField::Version => Scalar::Json(Cow::Owned(Value::from(e.version))),
+                    EventField::Position => Scalar::Json(Cow::Owned(Value::from(e.position))),
+                    // Not upcast (the slow lane takes those): the stored version is the current one.
+                    EventField::SchemaVersion => Scalar::Json(Cow::Owned(Value::from(e.schema_version))),
+                    EventField::RecordedAt => Scalar::Text(Cow::Owned(e.recorded_at_text())),
+                }),
+            };
+            cells.push(target.cell(value)?);
         }
-        let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
-        Ok((Some(RecordBatch::try_new(self.schema.clone(), arrays)?), dead))
+        Some(())
     }
 
     /// Every column's cell of one event, or why the event cannot be
@@ -161,7 +255,7 @@ impl AppendDecoder {
         }
         for target in &self.columns {
             let source = assignments.get(target.name.as_str());
-            let value = source.and_then(|s| value_of(s, e));
+            let value = source.and_then(|s| value_of(s, e)).and_then(Scalar::of);
             match target.cell(value) {
                 Some(c) => cells.push(c),
                 None => {
@@ -212,39 +306,183 @@ impl Target {
         })
     }
 
-    /// The checked cell of `value`, or `None` when it does not fit (the
-    /// same test as [`crate::values::cell`]).
-    fn cell<'a>(&self, value: Option<Cow<'a, Value>>) -> Option<Cell<'a>> {
-        let value = match value {
-            None => None,
-            Some(v) if v.is_null() => None,
-            Some(v) => Some(v),
-        };
+    /// The checked cell of `value` (`None`: no value), or `None` when it
+    /// does not fit (the same test as [`crate::values::cell`]).
+    fn cell<'a>(&self, value: Option<Scalar<'a>>) -> Option<Cell<'a>> {
         let Some(v) = value else { return (!self.column.required).then_some(Cell::Null) };
-        Some(match self.kind {
-            Kind::Utf8 => match v {
-                Cow::Borrowed(Value::String(s)) => Cell::Text(Cow::Borrowed(s.as_str())),
-                Cow::Owned(Value::String(s)) => Cell::Text(Cow::Owned(s)),
-                _ => return None,
-            },
-            Kind::Boolean => Cell::Boolean(v.as_bool()?),
-            Kind::Int32 => Cell::Int32(i32::try_from(v.as_i64()?).ok()?),
-            Kind::Int64 => Cell::Int64(v.as_i64()?),
-            Kind::Float64 => {
-                if !v.is_number() {
-                    return None;
+        Some(match (self.kind, v) {
+            (Kind::Utf8, Scalar::Text(s)) => Cell::Text(s),
+            (Kind::Boolean, Scalar::Json(v)) => Cell::Boolean(v.as_bool()?),
+            (Kind::Int32, Scalar::Json(v)) => Cell::Int32(i32::try_from(v.as_i64()?).ok()?),
+            (Kind::Int64, Scalar::Json(v)) => Cell::Int64(v.as_i64()?),
+            (Kind::Float64, Scalar::Json(v)) if v.is_number() => Cell::Float64(v.as_f64()?),
+            (Kind::Decimal { precision, scale }, v) => {
+                let text = match v {
+                    Scalar::Text(s) => decimal_string(&s, precision, scale),
+                    Scalar::Json(v) => decimal_text(&v, precision, scale),
                 }
-                Cell::Float64(v.as_f64()?)
-            }
-            Kind::Decimal { precision, scale } => {
-                let text = decimal_text(&v, precision, scale).ok()?;
+                .ok()?;
                 let scale = i8::try_from(scale).ok()?;
                 Cell::Decimal(arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(&text, precision, scale).ok()?)
             }
-            Kind::Date => Cell::Date(chrono::Datelike::num_days_from_ce(&date(v.as_str()?)?) - UNIX_EPOCH_DAYS_FROM_CE),
-            Kind::Timestamp => Cell::Timestamp(timestamp(v.as_str()?)?.timestamp_micros()),
-            Kind::Sealed => Cell::Bytes(sealed_json_text(v.into_owned(), &self.column).ok()?.into_bytes()),
+            (Kind::Date, Scalar::Text(s)) => Cell::Date(chrono::Datelike::num_days_from_ce(&date(&s)?) - UNIX_EPOCH_DAYS_FROM_CE),
+            (Kind::Timestamp, Scalar::Text(s)) => Cell::Timestamp(timestamp(&s)?.timestamp_micros()),
+            (Kind::Sealed, v) => Cell::Bytes(sealed_json_text(v.into_value(), &self.column).ok()?.into_bytes()),
+            _ => return None,
         })
+    }
+}
+
+/// A value as the decoder reads it (never null): text in place where it can be.
+enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    /// Any other JSON value.
+    Json(Cow<'a, Value>),
+}
+
+impl<'a> Scalar<'a> {
+    /// `None` for null.
+    fn of(v: Cow<'a, Value>) -> Option<Self> {
+        Some(match v {
+            Cow::Borrowed(Value::Null) | Cow::Owned(Value::Null) => return None,
+            Cow::Borrowed(Value::String(s)) => Scalar::Text(Cow::Borrowed(s.as_str())),
+            Cow::Owned(Value::String(s)) => Scalar::Text(Cow::Owned(s)),
+            v => Scalar::Json(v),
+        })
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Scalar::Text(s) => Value::String(s.into_owned()),
+            Scalar::Json(v) => v.into_owned(),
+        }
+    }
+}
+
+/// A JSON value as written, read as a [`Scalar`]: `Some(None)` for null,
+/// `None` for what the fast lane leaves to the slow one (objects, arrays).
+fn raw_scalar(raw: &RawValue) -> Option<Option<Scalar<'_>>> {
+    let text = raw.get();
+    Some(match text.as_bytes().first()? {
+        b'"' => Some(Scalar::Text(match serde_json::from_str::<&str>(text) {
+            Ok(s) => Cow::Borrowed(s),
+            // Escapes: the string differs from its text.
+            Err(_) => Cow::Owned(serde_json::from_str::<String>(text).ok()?),
+        })),
+        b'n' => None,
+        b'-' | b'0'..=b'9' | b't' | b'f' => Some(Scalar::Json(Cow::Owned(serde_json::from_str::<Value>(text).ok()?))),
+        _ => return None,
+    })
+}
+
+/// The members of a JSON object, each value's text as written, for reading
+/// a few of them without building the object. A key given twice is the
+/// last one, as when the object is parsed.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// `None` for text that is not one JSON object.
+    fn parse(text: &'a str) -> Option<Self> {
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(text).ok()
+    }
+
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The value at `path` (`Some(None)`: there is none, as
+    /// [`FieldPath::get`] finds none); `None` when the fast lane cannot tell.
+    fn path(&self, path: &FieldPath) -> Option<Option<&'a RawValue>> {
+        let (first, rest) = path.0.split_first()?;
+        let Some(mut node) = self.get(first) else { return Some(None) };
+        for segment in rest {
+            if !node.get().starts_with('{') {
+                return Some(None);
+            }
+            match Members::parse(node.get())?.get(segment) {
+                Some(v) => node = v,
+                None => return Some(None),
+            }
+        }
+        Some(Some(node))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(k)) = map.next_key()? {
+                    members.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// An object's key, in place unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
+
+/// The rows and dead letters of one decoding.
+struct Output {
+    builders: Vec<Builder>,
+    rows: usize,
+    dead: Vec<DeadLetter>,
+}
+
+impl Output {
+    fn new(columns: &[Target], capacity: usize) -> Result<Self, ArrowError> {
+        Ok(Self { builders: columns.iter().map(|c| c.builder(capacity)).collect::<Result<_, _>>()?, rows: 0, dead: Vec::new() })
+    }
+
+    /// Appends one row (its cells, taken).
+    fn push(&mut self, cells: &mut Vec<Cell<'_>>) -> Result<(), ArrowError> {
+        for (builder, c) in self.builders.iter_mut().zip(cells.drain(..)) {
+            builder.push(c)?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn finish(self, schema: &Arc<Schema>) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), ArrowError> {
+        if self.rows == 0 {
+            return Ok((None, self.dead));
+        }
+        let arrays: Vec<ArrayRef> = self.builders.into_iter().map(Builder::finish).collect();
+        Ok((Some(RecordBatch::try_new(schema.clone(), arrays)?), self.dead))
     }
 }
 
@@ -485,6 +723,104 @@ mod tests {
             }
         }
         assert!(rows_seen > 1000, "the random events project into rows often enough to test anything ({rows_seen})");
+    }
+
+    /// The events of [`events`] as the store gives them: payload and
+    /// metadata as JSON text (sometimes pretty-printed, with keys and
+    /// strings escaped, a key given twice), and, for the slow lane, parsed
+    /// back from that text.
+    struct Stored {
+        raw: Vec<RawEvent>,
+        parsed: std::collections::HashMap<i64, StoredEvent>,
+        /// Events the slow lane was asked for.
+        slow: std::cell::Cell<usize>,
+    }
+
+    impl SlowLane for Stored {
+        fn upcast_needed(&self, e: &RawEvent) -> bool {
+            self.parsed[&e.position].upcast_error.is_some()
+        }
+
+        fn parse(&self, e: &RawEvent) -> StoredEvent {
+            self.slow.set(self.slow.get() + 1);
+            self.parsed[&e.position].clone()
+        }
+    }
+
+    fn stored(rng: &mut fastrand::Rng, events: Vec<StoredEvent>) -> Stored {
+        let text = |rng: &mut fastrand::Rng, v: &Value| {
+            let mut t = if rng.u8(0..5) == 0 { serde_json::to_string_pretty(v) } else { serde_json::to_string(v) }.expect("json");
+            let changed = match rng.u8(0..8) {
+                0 => t.replacen("\"f1\"", "\"f\\u0031\"", 1),
+                1 => t.replacen('{', "{\"f2\": {\"v\": \"dup\"}, \"m2\": 5, ", 1),
+                2 => t.replacen("\"s", "\"\\u0073\\\"", 1),
+                3 => t.replacen("\"v\"", "\"\\u0076\"", 1),
+                _ => return t,
+            };
+            // Still one JSON object (a key added to `{}` is not).
+            if serde_json::from_str::<Value>(&changed).is_ok() {
+                t = changed;
+            }
+            t
+        };
+        let mut raw = Vec::new();
+        let mut parsed = std::collections::HashMap::new();
+        for mut e in events {
+            let payload = text(rng, &e.payload);
+            let metadata = text(rng, &e.metadata);
+            raw.push(RawEvent {
+                position: e.position,
+                stream: e.stream.clone(),
+                version: e.version,
+                id: e.id.as_bytes().to_vec(),
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                payload: payload.clone(),
+                metadata: metadata.clone(),
+                contract_version: e.contract_version.clone(),
+                recorded_at: 1_767_261_600_123_456,
+            });
+            e.payload = serde_json::from_str(&payload).expect("payload");
+            e.metadata = serde_json::from_str(&metadata).expect("metadata");
+            e.recorded_at = "2026-01-01T10:00:00.123456Z".into();
+            e.stored_schema_version = e.schema_version;
+            parsed.insert(e.position, e);
+        }
+        Stored { raw, parsed, slow: std::cell::Cell::new(0) }
+    }
+
+    /// The same property for events read as stored: the fast lane reads
+    /// values in place from the JSON text, the slow one takes the rest.
+    #[test]
+    fn the_compiled_decoder_reads_stored_events_as_the_general_path_does() {
+        let table = table();
+        let schema = table_schema(&table);
+        let decoder = AppendDecoder::compile(&table, &schema).expect("every column is one the decoder writes");
+        let (mut rows_seen, mut projected, mut slow) = (0, 0, 0);
+        for seed in 0..40 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let generated = events(&mut rng, 300);
+            let page = stored(&mut rng, generated);
+            let mut parsed_here = 0;
+            let mut start = 0;
+            while start < page.raw.len() {
+                let end = (start + rng.usize(1..120)).min(page.raw.len());
+                let parsed: Vec<StoredEvent> = page.raw[start..end].iter().map(|e| page.parse(e)).collect();
+                parsed_here += parsed.len();
+                let (rows, general_dead) = append_rows("t", &table, &parsed);
+                let general = (!rows.is_empty()).then(|| crate::delta::batch("t", &schema, &rows).expect("general path"));
+                let (fast, fast_dead) = decoder.decode_raw("t", &table, &page, &page.raw[start..end]).expect("fast path");
+                assert_eq!(fast_dead, general_dead, "seed {seed}, events {start}..{end}");
+                assert_eq!(fast, general, "seed {seed}, events {start}..{end}");
+                rows_seen += rows.len();
+                start = end;
+            }
+            // Events the decoder passed to the slow lane (the rest it asked for here).
+            slow += page.slow.get() - parsed_here;
+            projected += page.raw.iter().filter(|e| e.event_type != "Unprojected").count();
+        }
+        assert!(rows_seen > 1000, "the random events project into rows often enough to test anything ({rows_seen})");
+        assert!(slow * 4 < projected * 3, "the fast lane takes many events whole ({slow} of {projected} took the slow lane)");
     }
 
     #[test]

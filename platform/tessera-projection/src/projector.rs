@@ -362,10 +362,17 @@ impl Projector {
         let mut moved: HashSet<String> = HashSet::new();
         let mut caught_up = cursor >= until;
         // The next batch is read (on another thread) while this one is
-        // decoded and written.
+        // decoded and written; parsed there too when a table takes parsed
+        // events (compiled decoders read them as stored).
+        let parse = generation.tables.iter().any(|t| is_event_table(t) && t.decoder.is_none());
         let read = |after: i64| {
             let (store, domain, name, batch) = (self.store.clone(), self.domain.clone(), self.name.clone(), self.batch);
-            tokio::spawn(async move { store.log_after(&domain, &name, after, until, batch).await })
+            tokio::spawn(async move {
+                let raw = store.log_after_raw(&domain, &name, after, until, batch).await?;
+                let clock = std::time::Instant::now();
+                let parsed = if parse { raw.events.iter().map(|e| raw.parse(e)).collect() } else { Vec::new() };
+                Ok::<_, tessera_store::Error>(Page { raw, parsed, parse_seconds: clock.elapsed().as_secs_f64() })
+            })
         };
         let mut next = (cursor < until).then(|| read(cursor));
         while cursor < until {
@@ -376,9 +383,9 @@ impl Projector {
             let clock = std::time::Instant::now();
             let page = reading.await.map_err(|e| Error::Panicked(format!("reading the log: {e}")))??;
             report.stages.read_wait += clock.elapsed().as_secs_f64();
-            report.stages.fetch += page.fetch_seconds;
+            report.stages.fetch += page.raw.fetch_seconds;
             report.stages.parse += page.parse_seconds;
-            let Some(last) = page.events.last() else {
+            let Some(last) = page.raw.events.last() else {
                 caught_up = true;
                 break;
             };
@@ -386,14 +393,13 @@ impl Projector {
             if end < until {
                 next = Some(read(end));
             }
-            report.events += page.events.len() as u64;
+            report.events += page.raw.events.len() as u64;
             for target in generation.tables.iter_mut().filter(|t| is_event_table(t)) {
-                let first = page.events.partition_point(|e| e.position <= target.applied.max(target.pending.to));
-                let events = &page.events[first..];
-                if events.is_empty() {
+                let first = page.raw.events.partition_point(|e| e.position <= target.applied.max(target.pending.to));
+                if first == page.raw.events.len() {
                     continue;
                 }
-                let (change, dead) = prepare(target, events, &mut report.stages).await?;
+                let (change, dead) = prepare(target, &page, first, &mut report.stages).await?;
                 // The dead letters are stored before the commit that moves
                 // the table past their events: a crash between the two
                 // records them again on the next run (recording is
@@ -575,31 +581,40 @@ enum Change {
     Nothing,
 }
 
-/// Works out what `events` do to one table, and the events it cannot
-/// project.
+/// A batch of the log, as stored, and parsed when a table needs that.
+struct Page {
+    raw: tessera_store::RawPage,
+    /// The same events parsed and upcast, or none.
+    parsed: Vec<StoredEvent>,
+    parse_seconds: f64,
+}
+
+/// Works out what the page's events from index `first` do to one table,
+/// and the events it cannot project.
 async fn prepare(
     target: &mut Target,
-    events: &[StoredEvent],
+    page: &Page,
+    first: usize,
     stages: &mut Stages,
 ) -> Result<(Change, Vec<tessera_store::DeadLetter>), Error> {
     let clock = std::time::Instant::now();
+    if let Some(decoder) = &target.decoder {
+        let (batch, dead) = decoder
+            .decode_raw(&target.name, &target.spec, &page.raw, &page.raw.events[first..])
+            .map_err(|e| delta::Error::Rows { table: target.name.clone(), message: e.to_string() })?;
+        stages.decode += clock.elapsed().as_secs_f64();
+        return Ok((batch.map_or(Change::Nothing, Change::Append), dead));
+    }
+    let events = &page.parsed[first..];
     let out = match &target.spec.projection {
-        Projection::Append { .. } => match &target.decoder {
-            Some(decoder) => {
-                let (batch, dead) = decoder
-                    .decode(&target.name, &target.spec, events)
-                    .map_err(|e| delta::Error::Rows { table: target.name.clone(), message: e.to_string() })?;
-                (batch.map_or(Change::Nothing, Change::Append), dead)
+        Projection::Append { .. } => {
+            let (rows, dead) = append_rows(&target.name, &target.spec, events);
+            if rows.is_empty() {
+                (Change::Nothing, dead)
+            } else {
+                (Change::Append(delta::batch(&target.name, &target.schema, &rows)?), dead)
             }
-            None => {
-                let (rows, dead) = append_rows(&target.name, &target.spec, events);
-                if rows.is_empty() {
-                    (Change::Nothing, dead)
-                } else {
-                    (Change::Append(delta::batch(&target.name, &target.schema, &rows)?), dead)
-                }
-            }
-        },
+        }
         Projection::Upsert { key, .. } => {
             let upserts = Upserts::prepare(&target.name, &target.spec, events);
             // Keys the pending changes decide need no lookup: the table does

@@ -213,11 +213,16 @@ pub(crate) fn decimal_text(v: &Value, precision: u8, scale: u8) -> Result<String
                 written
             }
         }
-        Value::String(s) => s.clone(),
+        Value::String(s) => return decimal_string(s, precision, scale),
         other => return Err(format!("{} is not a decimal number", describe(other))),
     };
-    decimal_fits(&text, precision, scale)?;
-    Ok(canonical_decimal(&text))
+    decimal_string(&text, precision, scale)
+}
+
+/// [`decimal_text`] of a string value.
+pub(crate) fn decimal_string(text: &str, precision: u8, scale: u8) -> Result<String, String> {
+    decimal_fits(text, precision, scale)?;
+    Ok(canonical_decimal(text))
 }
 
 /// `-1.25e3` as `-1250`: the digits shifted by the exponent, exactly.

@@ -29,12 +29,13 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 pub use audit::{AuditEntry, AuditFilter, QueryRecord};
+pub use bulk::RawEvent;
 pub use catalog::{ProductSummary, Published, VersionInfo};
 pub use db::Backend;
 pub use envelope::{EventInput, Expected};
 pub use error::{Error, EventProblem, Result};
 pub use keys::{Forgotten, LedgerEntry, Opener};
-pub use log::{AppendOutcome, AppendedEvent, BodyFormat, LogPage, StoredEvent};
+pub use log::{AppendOutcome, AppendedEvent, BodyFormat, LogPage, RawPage, StoredEvent};
 pub use notices::Notice;
 pub use principals::{Principal, PrincipalRecord};
 pub use projections::{Command, DeadLetter, DeadLetterEntry, Generation, QualityResult};
@@ -85,8 +86,9 @@ struct Inner {
     appended_since_analyze: std::sync::atomic::AtomicU64,
     /// Wraps and unwraps the data keys (see [`keys`]); never stored.
     kek: Kek,
-    /// SQLite: the projector's bulk reader of the log (see [`bulk`]).
-    bulk: Option<Arc<bulk::BulkReader>>,
+    /// The projector's bulk reader of the log (see [`bulk`]); none for an
+    /// in-memory SQLite database.
+    bulk: Option<bulk::Bulk>,
 }
 
 impl Drop for Inner {
@@ -120,7 +122,10 @@ impl Store {
                 wal_limit_pages: Arc::new(std::sync::atomic::AtomicI64::new(db::WAL_LIMIT_PAGES)),
                 appended_since_analyze: std::sync::atomic::AtomicU64::new(0),
                 kek,
-                bulk: if backend == Backend::Sqlite { bulk::BulkReader::for_url(url) } else { None },
+                bulk: match backend {
+                    Backend::Sqlite => bulk::BulkReader::for_url(url).map(bulk::Bulk::Sqlite),
+                    Backend::Postgres => Some(bulk::Bulk::Postgres(bulk::PgCopyReader::new(url)?)),
+                },
             }),
         };
         store.check_kek().await?;

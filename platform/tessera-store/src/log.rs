@@ -120,6 +120,41 @@ pub struct LogPage {
     pub parse_seconds: f64,
 }
 
+/// A page of a product's log as stored: payloads and metadata still JSON
+/// text. The projector's compiled decoders read values in place from it;
+/// [`RawPage::parse`] gives an event as [`Store::log_after`] does (parsed,
+/// upcast), which every other reader uses.
+#[derive(Debug)]
+pub struct RawPage {
+    pub events: Vec<RawEvent>,
+    /// Pass as `after` to read on; equals the request's `after` when nothing is new.
+    pub next_after: i64,
+    /// Seconds the database took to give the rows.
+    pub fetch_seconds: f64,
+    /// The product's current contract, for upcasting.
+    compiled: std::sync::Arc<crate::compiled::Compiled>,
+}
+
+impl RawPage {
+    /// Whether `e`'s payload was written at an older schema version of its
+    /// type than the current one: read it through [`RawPage::parse`], which
+    /// upcasts it.
+    pub fn upcast_needed(&self, e: &RawEvent) -> bool {
+        self.compiled.event_type(&e.event_type).is_some_and(|t| i64::from(t.version) != e.schema_version)
+    }
+
+    /// `e` parsed and upcast.
+    pub fn parse(&self, e: &RawEvent) -> StoredEvent {
+        from_raw(e.clone(), &self.compiled)
+    }
+
+    /// Every event parsed and upcast.
+    pub fn into_events(self) -> Vec<StoredEvent> {
+        let compiled = self.compiled;
+        self.events.into_iter().map(|r| from_raw(r, &compiled)).collect()
+    }
+}
+
 /// An event ready to be stored.
 struct Prepared {
     index: usize,
@@ -521,10 +556,20 @@ impl Store {
     /// (up to [`MAX_PLATFORM_READ`]), upcast to the current contract. No
     /// principal: what is read here reaches nobody unmasked.
     pub async fn log_after(&self, domain: &str, name: &str, after: i64, until: i64, limit: i64) -> Result<LogPage> {
+        let raw = self.log_after_raw(domain, name, after, until, limit).await?;
+        let clock = std::time::Instant::now();
+        let (next_after, fetch_seconds) = (raw.next_after, raw.fetch_seconds);
+        let events = raw.into_events();
+        Ok(LogPage { events, next_after, fetch_seconds, parse_seconds: clock.elapsed().as_secs_f64() })
+    }
+
+    /// [`Store::log_after`], the events as stored: their payloads and
+    /// metadata not parsed yet (see [`RawPage`]).
+    pub async fn log_after_raw(&self, domain: &str, name: &str, after: i64, until: i64, limit: i64) -> Result<RawPage> {
         let product = self.product_row(domain, name).await?;
         let limit = limit.clamp(1, MAX_PLATFORM_READ);
         let clock = std::time::Instant::now();
-        let raw = match &self.inner.bulk {
+        let events = match &self.inner.bulk {
             Some(bulk) => bulk.read(product.id, after, until, limit).await?,
             None => {
                 let sql = format!(
@@ -537,11 +582,9 @@ impl Store {
             }
         };
         let fetch_seconds = clock.elapsed().as_secs_f64();
-        let clock = std::time::Instant::now();
         let compiled = self.compiled(&product).await?;
-        let events: Vec<StoredEvent> = raw.into_iter().map(|r| from_raw(r, &compiled)).collect();
         let next_after = events.last().map_or(after, |e| e.position);
-        Ok(LogPage { events, next_after, fetch_seconds, parse_seconds: clock.elapsed().as_secs_f64() })
+        Ok(RawPage { events, next_after, fetch_seconds, compiled })
     }
 
     /// How far behind `after` the product's log is: the events after it,
