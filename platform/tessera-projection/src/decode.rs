@@ -62,15 +62,15 @@ pub struct AppendDecoder {
 }
 
 #[derive(Debug)]
-struct Target {
-    name: String,
-    column: Column,
-    kind: Kind,
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) column: Column,
+    pub(crate) kind: Kind,
 }
 
 /// What a column holds, as the decoder writes it.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Utf8,
     Boolean,
     Int32,
@@ -87,7 +87,8 @@ enum Kind {
 }
 
 /// A checked cell, before it goes into its builder.
-enum Cell<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cell<'a> {
     Null,
     Text(Cow<'a, str>),
     Boolean(bool),
@@ -100,7 +101,24 @@ enum Cell<'a> {
     Bytes(Vec<u8>),
 }
 
-enum Builder {
+impl Cell<'_> {
+    pub(crate) fn into_owned(self) -> Cell<'static> {
+        match self {
+            Cell::Null => Cell::Null,
+            Cell::Text(s) => Cell::Text(Cow::Owned(s.into_owned())),
+            Cell::Boolean(x) => Cell::Boolean(x),
+            Cell::Int32(x) => Cell::Int32(x),
+            Cell::Int64(x) => Cell::Int64(x),
+            Cell::Float64(x) => Cell::Float64(x),
+            Cell::Decimal(x) => Cell::Decimal(x),
+            Cell::Date(x) => Cell::Date(x),
+            Cell::Timestamp(x) => Cell::Timestamp(x),
+            Cell::Bytes(x) => Cell::Bytes(x),
+        }
+    }
+}
+
+pub(crate) enum Builder {
     Utf8(StringBuilder),
     Boolean(BooleanBuilder),
     Int32(Int32Builder),
@@ -112,7 +130,34 @@ enum Builder {
     Binary(BinaryBuilder),
 }
 
-const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+pub(crate) const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// The columns of `table` as the compiled decoders write them; `None` when
+/// one needs the general path (a struct or a list).
+pub(crate) fn targets(table: &Table) -> Option<Vec<Target>> {
+    table
+        .columns
+        .iter()
+        .map(|(name, column)| {
+            let kind = if tessera_contract::seal::is_sealed(column) {
+                Kind::Sealed
+            } else {
+                match &column.data_type {
+                    DataType::String => Kind::Utf8,
+                    DataType::Boolean => Kind::Boolean,
+                    DataType::Int32 => Kind::Int32,
+                    DataType::Int64 => Kind::Int64,
+                    DataType::Float64 => Kind::Float64,
+                    DataType::Decimal { precision, scale } => Kind::Decimal { precision: *precision, scale: *scale },
+                    DataType::Date => Kind::Date,
+                    DataType::Timestamp => Kind::Timestamp,
+                    DataType::Struct(_) | DataType::List(_) => return None,
+                }
+            };
+            Some(Target { name: name.to_string(), column: column.clone(), kind })
+        })
+        .collect()
+}
 
 impl AppendDecoder {
     /// The decoder of `table` (an append table) whose Delta schema is
@@ -121,29 +166,7 @@ impl AppendDecoder {
         if !matches!(table.projection, Projection::Append { .. }) {
             return None;
         }
-        let columns = table
-            .columns
-            .iter()
-            .map(|(name, column)| {
-                let kind = if tessera_contract::seal::is_sealed(column) {
-                    Kind::Sealed
-                } else {
-                    match &column.data_type {
-                        DataType::String => Kind::Utf8,
-                        DataType::Boolean => Kind::Boolean,
-                        DataType::Int32 => Kind::Int32,
-                        DataType::Int64 => Kind::Int64,
-                        DataType::Float64 => Kind::Float64,
-                        DataType::Decimal { precision, scale } => Kind::Decimal { precision: *precision, scale: *scale },
-                        DataType::Date => Kind::Date,
-                        DataType::Timestamp => Kind::Timestamp,
-                        DataType::Struct(_) | DataType::List(_) => return None,
-                    }
-                };
-                Some(Target { name: name.to_string(), column: column.clone(), kind })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self { schema: Arc::new(schema.clone()), columns })
+        Some(Self { schema: Arc::new(schema.clone()), columns: targets(table)? })
     }
 
     /// The rows `events` append to the table `name` (whose spec is
@@ -204,42 +227,11 @@ impl AppendDecoder {
     /// the event must take the slow lane (anything that does not fit, or
     /// is unusual).
     fn check_raw<'a>(&self, assignments: &'a Assignments, e: &'a RawEvent, cells: &mut Vec<Cell<'a>>) -> Option<()> {
-        let mut payload: Option<Members<'a>> = None;
-        let mut metadata: Option<Members<'a>> = None;
+        let mut reader = RawReader::new(e);
         for target in &self.columns {
             let value = match assignments.get(target.name.as_str()) {
                 None => None,
-                Some(Source::Payload(path)) => {
-                    let members = match &mut payload {
-                        Some(m) => m,
-                        none => none.insert(Members::parse(&e.payload)?),
-                    };
-                    match members.path(path)? {
-                        Some(raw) => raw_scalar(raw)?,
-                        None => None,
-                    }
-                }
-                Some(Source::Metadata(key)) => {
-                    let members = match &mut metadata {
-                        Some(m) => m,
-                        none => none.insert(Members::parse(&e.metadata)?),
-                    };
-                    match members.get(key) {
-                        Some(raw) => raw_scalar(raw)?,
-                        None => None,
-                    }
-                }
-                Some(Source::Literal(v)) => Scalar::of(Cow::Borrowed(v)),
-                Some(Source::Event(field)) => Some(match field {
-                    EventField::Id => Scalar::Text(Cow::Owned(e.id().to_string())),
-                    EventField::Type => Scalar::Text(Cow::Borrowed(e.event_type.as_str())),
-                    EventField::Stream => Scalar::Text(Cow::Borrowed(e.stream.as_str())),
-                    EventField::Version => Scalar::Json(Cow::Owned(Value::from(e.version))),
-                    EventField::Position => Scalar::Json(Cow::Owned(Value::from(e.position))),
-                    // Not upcast (the slow lane takes those): the stored version is the current one.
-                    EventField::SchemaVersion => Scalar::Json(Cow::Owned(Value::from(e.schema_version))),
-                    EventField::RecordedAt => Scalar::Text(Cow::Owned(e.recorded_at_text())),
-                }),
+                Some(source) => reader.value(source)?,
             };
             cells.push(target.cell(value)?);
         }
@@ -254,26 +246,62 @@ impl AppendDecoder {
             return Err(format!("its payload could not be upcast to schema version {}: {why}", e.schema_version));
         }
         for target in &self.columns {
-            let source = assignments.get(target.name.as_str());
-            let value = source.and_then(|s| value_of(s, e)).and_then(Scalar::of);
-            match target.cell(value) {
-                Some(c) => cells.push(c),
-                None => {
-                    let why = match cell(source.and_then(|s| source_value(s, e)), &target.column) {
-                        Err(why) => why,
-                        // The two lanes disagree: a defect, but the event is
-                        // still not written half-checked.
-                        Ok(_) => format!("does not fit type {:?}", target.kind),
-                    };
-                    let name = &target.name;
-                    return Err(match source {
-                        Some(s) => format!("column `{name}` (from {s}) {why}"),
-                        None => format!("column `{name}` {why}: no rule of this event type sets it"),
-                    });
-                }
-            }
+            cells.push(target.checked(assignments.get(target.name.as_str()), e)?);
         }
         Ok(())
+    }
+}
+
+/// One event as stored, its payload's and metadata's members found on
+/// first use.
+pub(crate) struct RawReader<'a> {
+    e: &'a RawEvent,
+    payload: Option<Members<'a>>,
+    metadata: Option<Members<'a>>,
+}
+
+impl<'a> RawReader<'a> {
+    pub(crate) fn new(e: &'a RawEvent) -> Self {
+        Self { e, payload: None, metadata: None }
+    }
+
+    /// The value of `source` (`Some(None)`: none, or null); `None` when the
+    /// slow lane must tell.
+    pub(crate) fn value(&mut self, source: &'a Source) -> Option<Option<Scalar<'a>>> {
+        let e = self.e;
+        Some(match source {
+            Source::Payload(path) => {
+                let members = match &mut self.payload {
+                    Some(m) => m,
+                    none => none.insert(Members::parse(&e.payload)?),
+                };
+                match members.path(path)? {
+                    Some(raw) => raw_scalar(raw)?,
+                    None => None,
+                }
+            }
+            Source::Metadata(key) => {
+                let members = match &mut self.metadata {
+                    Some(m) => m,
+                    none => none.insert(Members::parse(&e.metadata)?),
+                };
+                match members.get(key) {
+                    Some(raw) => raw_scalar(raw)?,
+                    None => None,
+                }
+            }
+            Source::Literal(v) => Scalar::of(Cow::Borrowed(v)),
+            Source::Event(field) => Some(match field {
+                EventField::Id => Scalar::Text(Cow::Owned(e.id().to_string())),
+                EventField::Type => Scalar::Text(Cow::Borrowed(e.event_type.as_str())),
+                EventField::Stream => Scalar::Text(Cow::Borrowed(e.stream.as_str())),
+                EventField::Version => Scalar::Json(Cow::Owned(Value::from(e.version))),
+                EventField::Position => Scalar::Json(Cow::Owned(Value::from(e.position))),
+                // Not upcast (the slow lane takes those): the stored version is the current one.
+                EventField::SchemaVersion => Scalar::Json(Cow::Owned(Value::from(e.schema_version))),
+                EventField::RecordedAt => Scalar::Text(Cow::Owned(e.recorded_at_text())),
+            }),
+        })
     }
 }
 
@@ -290,7 +318,28 @@ fn value_of<'a>(source: &'a Source, e: &'a StoredEvent) -> Option<Cow<'a, Value>
 }
 
 impl Target {
-    fn builder(&self, capacity: usize) -> Result<Builder, ArrowError> {
+    /// The cell of a parsed event's value from `source` (`None`: no rule
+    /// sets the column), or why it does not fit, explained as the general
+    /// path explains it.
+    pub(crate) fn checked<'a>(&self, source: Option<&'a Source>, e: &'a StoredEvent) -> Result<Cell<'a>, String> {
+        let value = source.and_then(|s| value_of(s, e)).and_then(Scalar::of);
+        if let Some(c) = self.cell(value) {
+            return Ok(c);
+        }
+        let why = match cell(source.and_then(|s| source_value(s, e)), &self.column) {
+            Err(why) => why,
+            // The two lanes disagree: a defect, but the event is still not
+            // written half-checked.
+            Ok(_) => format!("does not fit type {:?}", self.kind),
+        };
+        let name = &self.name;
+        Err(match source {
+            Some(s) => format!("column `{name}` (from {s}) {why}"),
+            None => format!("column `{name}` {why}: no rule of this event type sets it"),
+        })
+    }
+
+    pub(crate) fn builder(&self, capacity: usize) -> Result<Builder, ArrowError> {
         Ok(match self.kind {
             Kind::Utf8 => Builder::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
             Kind::Boolean => Builder::Boolean(BooleanBuilder::with_capacity(capacity)),
@@ -308,7 +357,7 @@ impl Target {
 
     /// The checked cell of `value` (`None`: no value), or `None` when it
     /// does not fit (the same test as [`crate::values::cell`]).
-    fn cell<'a>(&self, value: Option<Scalar<'a>>) -> Option<Cell<'a>> {
+    pub(crate) fn cell<'a>(&self, value: Option<Scalar<'a>>) -> Option<Cell<'a>> {
         let Some(v) = value else { return (!self.column.required).then_some(Cell::Null) };
         Some(match (self.kind, v) {
             (Kind::Utf8, Scalar::Text(s)) => Cell::Text(s),
@@ -334,7 +383,7 @@ impl Target {
 }
 
 /// A value as the decoder reads it (never null): text in place where it can be.
-enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Text(Cow<'a, str>),
     /// Any other JSON value.
     Json(Cow<'a, Value>),
@@ -487,7 +536,7 @@ impl Output {
 }
 
 impl Builder {
-    fn push(&mut self, c: Cell<'_>) -> Result<(), ArrowError> {
+    pub(crate) fn push(&mut self, c: Cell<'_>) -> Result<(), ArrowError> {
         match (self, c) {
             (Builder::Utf8(b), Cell::Null) => b.append_null(),
             (Builder::Utf8(b), Cell::Text(s)) => b.append_value(s),
@@ -512,7 +561,7 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(self) -> ArrayRef {
+    pub(crate) fn finish(self) -> ArrayRef {
         match self {
             Builder::Utf8(mut b) => Arc::new(b.finish()),
             Builder::Boolean(mut b) => Arc::new(b.finish()),

@@ -337,7 +337,7 @@ pub async fn merge(
     url: &Url,
     schema: &Schema,
     key: &[ColumnName],
-    fold: Fold,
+    changes: Changes<'_>,
     app_id: &str,
     position: i64,
     contract_version: &str,
@@ -346,41 +346,12 @@ pub async fn merge(
     if table.snapshot().map_err(delta(url))?.log_data().num_files() == 0 {
         // Nothing to match: the rows the fold creates, appended. (Every one
         // is complete; a delete of a row that is not there changes nothing.)
-        let mut rows = Vec::with_capacity(fold.len());
-        for (key_text, change) in fold.into_changes() {
-            let (KeyChange::Patch(mut cells) | KeyChange::Replace(mut cells)) = change else { continue };
-            insert_key(&mut cells, key, &key_text, &name)?;
-            rows.push(Value::Object(cells));
-        }
-        if rows.is_empty() {
-            return mark(table, url, app_id, position, contract_version).await;
-        }
-        let rows = batch(&name, schema, &rows)?;
+        let Some(rows) = changes.rows(&name, schema, key)? else { return mark(table, url, app_id, position, contract_version).await };
         return append(table, url, vec![rows], app_id, position, contract_version).await;
     }
+    let source = changes.merge_source(&name, schema, key)?;
     let is_key = |c: &str| key.iter().any(|k| k.as_str() == c);
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-    fields.push(Field::new(OP, DataType::Utf8, false));
     let others: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).filter(|c| !is_key(c)).collect();
-    fields.extend(others.iter().map(|c| Field::new(format!("{SETS}{c}"), DataType::Boolean, false)));
-    let source_schema = Schema::new(fields);
-
-    let mut rows = Vec::with_capacity(fold.len());
-    for (key_text, change) in fold.into_changes() {
-        let (op, mut cells) = match change {
-            KeyChange::Patch(cells) => ("patch", cells),
-            KeyChange::Replace(cells) => ("replace", cells),
-            KeyChange::Delete => ("delete", Map::new()),
-        };
-        insert_key(&mut cells, key, &key_text, &name)?;
-        for c in &others {
-            let sets = cells.contains_key(c);
-            cells.insert(format!("{SETS}{c}"), Value::from(sets));
-        }
-        cells.insert(OP.to_owned(), Value::from(op));
-        rows.push(Value::Object(cells));
-    }
-    let source = batch(&name, &source_schema, &rows)?;
     let query = |e: deltalake::datafusion::error::DataFusionError| Error::Query { table: name.clone(), message: e.to_string() };
     let source = session().read_batch(source).map_err(query)?;
 
@@ -416,6 +387,70 @@ pub async fn merge(
         .map_err(delta(url))?;
     tracing::debug!(table = %name, inserted = metrics.num_target_rows_inserted, updated = metrics.num_target_rows_updated, deleted = metrics.num_target_rows_deleted, "merged");
     Ok(table)
+}
+
+/// The net changes of a run, folded per key: as JSON cells (the general
+/// path) or typed by a compiled decoder.
+#[derive(Debug)]
+pub enum Changes<'a> {
+    Json(Fold),
+    Typed(&'a crate::upsert::UpsertDecoder, crate::upsert::UpsertFold),
+}
+
+impl Changes<'_> {
+    /// The rows the changes create or set, whole (for a table with no rows
+    /// yet, where every one is complete); `None` when there are none.
+    pub(crate) fn rows(self, name: &str, schema: &Schema, key: &[ColumnName]) -> Result<Option<RecordBatch>, Error> {
+        match self {
+            Changes::Json(fold) => {
+                let mut rows = Vec::with_capacity(fold.len());
+                for (key_text, change) in fold.into_changes() {
+                    let (KeyChange::Patch(mut cells) | KeyChange::Replace(mut cells)) = change else { continue };
+                    insert_key(&mut cells, key, &key_text, name)?;
+                    rows.push(Value::Object(cells));
+                }
+                if rows.is_empty() { Ok(None) } else { Ok(Some(batch(name, schema, &rows)?)) }
+            }
+            Changes::Typed(decoder, fold) => {
+                decoder.rows(&fold).map_err(|e| Error::Rows { table: name.to_owned(), message: e.to_string() })
+            }
+        }
+    }
+
+    /// The changes as a MERGE source: every column (nullable), what
+    /// happens to the row (`OP`), and for each non-key column whether a
+    /// patch sets it (`SETS` + column).
+    pub(crate) fn merge_source(self, name: &str, schema: &Schema, key: &[ColumnName]) -> Result<RecordBatch, Error> {
+        let is_key = |c: &str| key.iter().any(|k| k.as_str() == c);
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        fields.push(Field::new(OP, DataType::Utf8, false));
+        let others: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).filter(|c| !is_key(c)).collect();
+        fields.extend(others.iter().map(|c| Field::new(format!("{SETS}{c}"), DataType::Boolean, false)));
+        let source_schema = Schema::new(fields);
+        match self {
+            Changes::Json(fold) => {
+                let mut rows = Vec::with_capacity(fold.len());
+                for (key_text, change) in fold.into_changes() {
+                    let (op, mut cells) = match change {
+                        KeyChange::Patch(cells) => ("patch", cells),
+                        KeyChange::Replace(cells) => ("replace", cells),
+                        KeyChange::Delete => ("delete", Map::new()),
+                    };
+                    insert_key(&mut cells, key, &key_text, name)?;
+                    for c in &others {
+                        let sets = cells.contains_key(c);
+                        cells.insert(format!("{SETS}{c}"), Value::from(sets));
+                    }
+                    cells.insert(OP.to_owned(), Value::from(op));
+                    rows.push(Value::Object(cells));
+                }
+                batch(name, &source_schema, &rows)
+            }
+            Changes::Typed(decoder, fold) => decoder
+                .merge_source(&fold, Arc::new(source_schema))
+                .map_err(|e| Error::Rows { table: name.to_owned(), message: e.to_string() }),
+        }
+    }
 }
 
 /// Puts a fold key's values (its JSON text, see [`Fold`]) into a row's cells.

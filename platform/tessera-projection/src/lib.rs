@@ -4,7 +4,7 @@
 //! From the bottom up: the Arrow schema of a contract table (`schema`),
 //! event values checked into cells (`values`), a run of events into rows or
 //! net changes per key with dead letters for what cannot be projected
-//! (`rows`, `fold`), Delta commits that carry the last log position they
+//! (`rows`, `fold`; compiled from the contract: `decode`, `upsert`), Delta commits that carry the last log position they
 //! applied (`delta`), time travel by version, time and log position
 //! (`history`), quality checks (`quality`), where tables live
 //! (`warehouse`), the projector of one product (`projector`), and the
@@ -20,6 +20,7 @@ pub mod quality;
 pub mod rows;
 pub mod schema;
 pub mod service;
+pub mod upsert;
 pub mod values;
 pub mod warehouse;
 

@@ -34,6 +34,7 @@ use crate::decode::AppendDecoder;
 use crate::delta;
 use crate::rows::{Upserts, append_rows};
 use crate::schema::table_schema;
+use crate::upsert::{UpsertDecoder, UpsertFold};
 use crate::warehouse::Warehouse;
 
 /// What can stop a run. The projector keeps nothing half-done: after an
@@ -107,6 +108,8 @@ struct Target {
     delta: DeltaTable,
     /// The compiled decoder of an append table, when its columns allow one.
     decoder: Option<AppendDecoder>,
+    /// The compiled decoder of an upsert table, when its columns allow one.
+    upsert: Option<UpsertDecoder>,
     /// What this run decoded for the table and has not committed.
     pending: Pending,
     /// The log position the table reflects: its last commit's, or further
@@ -303,6 +306,7 @@ impl Projector {
             retyped.extend(delta::type_changes(&table, &url, name.as_str(), &schema)?.into_iter().map(|c| format!("{name}.{c}")));
             let applied = delta::applied(&table, &url, APP_ID).await?.unwrap_or(0);
             let decoder = if self.compiled { AppendDecoder::compile(spec, &schema) } else { None };
+            let upsert = if self.compiled { UpsertDecoder::compile(spec, &schema) } else { None };
             tables.push(Target {
                 name: name.to_string(),
                 spec: spec.clone(),
@@ -310,6 +314,7 @@ impl Projector {
                 url,
                 delta: table,
                 decoder,
+                upsert,
                 pending: Pending::default(),
                 applied,
                 last_commit_at: None,
@@ -364,7 +369,7 @@ impl Projector {
         // The next batch is read (on another thread) while this one is
         // decoded and written; parsed there too when a table takes parsed
         // events (compiled decoders read them as stored).
-        let parse = generation.tables.iter().any(|t| is_event_table(t) && t.decoder.is_none());
+        let parse = generation.tables.iter().any(|t| is_event_table(t) && t.decoder.is_none() && t.upsert.is_none());
         let read = |after: i64| {
             let (store, domain, name, batch) = (self.store.clone(), self.domain.clone(), self.name.clone(), self.batch);
             tokio::spawn(async move {
@@ -418,7 +423,11 @@ impl Projector {
                     Change::Folded(events) => pending.rows += events,
                     Change::Nothing => {}
                 }
-                if pending.rows >= self.commit_rows || pending.bytes >= COMMIT_BYTES || pending.fold.len() >= FOLD_KEYS {
+                if pending.rows >= self.commit_rows
+                    || pending.bytes >= COMMIT_BYTES
+                    || pending.fold.len() >= FOLD_KEYS
+                    || pending.typed.len() >= FOLD_KEYS
+                {
                     flush(target, &generation.version, &mut report, &mut moved).await?;
                 }
                 report.stages.write += clock.elapsed().as_secs_f64();
@@ -605,6 +614,21 @@ async fn prepare(
         stages.decode += clock.elapsed().as_secs_f64();
         return Ok((batch.map_or(Change::Nothing, Change::Append), dead));
     }
+    if let (Some(decoder), Projection::Upsert { key, .. }) = (&target.upsert, &target.spec.projection) {
+        let events = &page.raw.events[first..];
+        let decoded = decoder.decode_raw(&target.name, &target.spec, &page.raw, events);
+        // Keys the pending changes decide need no lookup: the table does
+        // not have their latest state yet.
+        let lookups = decoder.lookups(&decoded, &target.pending.typed);
+        stages.decode += clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
+        let existing = delta::existing_keys(&target.delta, &target.url, &target.schema, key, &lookups).await?;
+        stages.lookup += clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
+        let dead = decoder.fold_into(&target.name, decoded, events, &mut target.pending.typed, &existing);
+        stages.decode += clock.elapsed().as_secs_f64();
+        return Ok((Change::Folded(events.len()), dead));
+    }
     let events = &page.parsed[first..];
     let out = match &target.spec.projection {
         Projection::Append { .. } => {
@@ -637,6 +661,7 @@ async fn prepare(
 enum Commit {
     Append(Vec<RecordBatch>),
     Upsert(crate::fold::Fold),
+    Typed(UpsertFold),
     Nothing,
 }
 
@@ -650,6 +675,8 @@ pub const FOLD_KEYS: usize = 500_000;
 struct Pending {
     batches: Vec<RecordBatch>,
     fold: crate::fold::Fold,
+    /// The same, typed, for a table with a compiled upsert decoder.
+    typed: UpsertFold,
     /// Rows gathered (append) or events folded (upsert).
     rows: usize,
     bytes: usize,
@@ -674,6 +701,8 @@ async fn flush(target: &mut Target, contract_version: &str, report: &mut RunRepo
     }
     let change = if !pending.fold.is_empty() {
         Commit::Upsert(pending.fold)
+    } else if !pending.typed.is_empty() {
+        Commit::Typed(pending.typed)
     } else if !pending.batches.is_empty() {
         Commit::Append(pending.batches)
     } else {
@@ -699,8 +728,16 @@ async fn commit(target: &mut Target, change: Commit, skipped: bool, position: i6
         }
         Commit::Upsert(fold) => {
             let Projection::Upsert { key, .. } = &target.spec.projection else { return Ok(false) };
+            let changes = delta::Changes::Json(fold);
             target.delta =
-                delta::merge(target.delta.clone(), &target.url, &target.schema, key, fold, APP_ID, position, contract_version).await?;
+                delta::merge(target.delta.clone(), &target.url, &target.schema, key, changes, APP_ID, position, contract_version).await?;
+            true
+        }
+        Commit::Typed(fold) => {
+            let (Projection::Upsert { key, .. }, Some(decoder)) = (&target.spec.projection, &target.upsert) else { return Ok(false) };
+            let changes = delta::Changes::Typed(decoder, fold);
+            target.delta =
+                delta::merge(target.delta.clone(), &target.url, &target.schema, key, changes, APP_ID, position, contract_version).await?;
             true
         }
         Commit::Nothing => {
