@@ -191,12 +191,13 @@ impl AppendDecoder {
         events: &[RawEvent],
     ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), ArrowError> {
         let Projection::Append { rules } = &table.projection else { return Ok((None, Vec::new())) };
+        let plans = sources(&self.columns, rules.iter().map(|(t, a)| (t.as_str(), a)));
         let mut out = Output::new(&self.columns, events.len())?;
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(self.columns.len());
         for e in events {
-            let Some(assignments) = rules.get(e.event_type.as_str()) else { continue };
+            let (Some(assignments), Some(plan)) = (rules.get(e.event_type.as_str()), plans.get(e.event_type.as_str())) else { continue };
             cells.clear();
-            if !page.upcast_needed(e) && self.check_raw(assignments, e, &mut cells).is_some() {
+            if !page.upcast_needed(e) && self.check_raw(plan, e, &mut cells).is_some() {
                 out.push(&mut cells)?;
             } else {
                 self.decode_parsed(name, assignments, &page.parse(e), &mut out)?;
@@ -226,10 +227,10 @@ impl AppendDecoder {
     /// Every column's cell of one stored event, read in place; `None` when
     /// the event must take the slow lane (anything that does not fit, or
     /// is unusual).
-    fn check_raw<'a>(&self, assignments: &'a Assignments, e: &'a RawEvent, cells: &mut Vec<Cell<'a>>) -> Option<()> {
+    fn check_raw<'a>(&self, plan: &[Option<&'a Source>], e: &'a RawEvent, cells: &mut Vec<Cell<'a>>) -> Option<()> {
         let mut reader = RawReader::new(e);
-        for target in &self.columns {
-            let value = match assignments.get(target.name.as_str()) {
+        for (target, source) in self.columns.iter().zip(plan) {
+            let value = match source {
                 None => None,
                 Some(source) => reader.value(source)?,
             };
@@ -250,6 +251,15 @@ impl AppendDecoder {
         }
         Ok(())
     }
+}
+
+/// For each event type, the source of each column (`None`: no rule sets
+/// it), looked up once per batch rather than per event.
+pub(crate) fn sources<'a>(
+    columns: &[Target],
+    rules: impl Iterator<Item = (&'a str, &'a Assignments)>,
+) -> std::collections::HashMap<&'a str, Vec<Option<&'a Source>>> {
+    rules.map(|(event_type, a)| (event_type, columns.iter().map(|c| a.get(c.name.as_str())).collect())).collect()
 }
 
 /// One event as stored, its payload's and metadata's members found on

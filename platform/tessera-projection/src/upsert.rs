@@ -18,12 +18,11 @@ use arrow::array::{ArrayRef, BooleanBuilder, RecordBatch, StringBuilder};
 use arrow::datatypes::Schema;
 use arrow::error::ArrowError;
 use indexmap::IndexMap;
-use indexmap::map::Entry;
 use serde_json::{Map, Value};
 use tessera_contract::model::{Projection, Rule, Table};
 use tessera_store::{DeadLetter, RawEvent, StoredEvent};
 
-use crate::decode::{Cell, Kind, RawReader, SlowLane, Target, UNIX_EPOCH_DAYS_FROM_CE, targets};
+use crate::decode::{Cell, Kind, RawReader, SlowLane, Target, UNIX_EPOCH_DAYS_FROM_CE, sources, targets};
 
 /// The decoder of one upsert table.
 #[derive(Debug)]
@@ -88,13 +87,14 @@ impl UpsertDecoder {
     pub fn decode_raw(&self, name: &str, table: &Table, page: &impl SlowLane, events: &[RawEvent]) -> Decoded {
         let mut out = Decoded { items: Vec::new(), dead: Vec::new() };
         let Projection::Upsert { rules, .. } = &table.projection else { return out };
+        let plans = sources(&self.columns, rules.iter().map(|(t, r)| (t.as_str(), r.assignments())));
         for (index, e) in events.iter().enumerate() {
-            let Some(rule) = rules.get(e.event_type.as_str()) else { continue };
+            let (Some(rule), Some(plan)) = (rules.get(e.event_type.as_str()), plans.get(e.event_type.as_str())) else { continue };
             let assignments = rule.assignments();
             let mut cells: Cells = vec![None; self.columns.len()];
             let fast = !page.upcast_needed(e) && {
                 let mut reader = RawReader::new(e);
-                self.columns.iter().zip(cells.iter_mut()).all(|(target, slot)| match assignments.get(target.name.as_str()) {
+                self.columns.iter().zip(plan).zip(cells.iter_mut()).all(|((target, source), slot)| match source {
                     None => true,
                     Some(source) => match reader.value(source).and_then(|v| target.cell(v)) {
                         Some(c) => {
@@ -309,15 +309,14 @@ impl UpsertFold {
     /// An event that sets `cells` of the row with `key`; `complete`: it sets
     /// every required column; `exists`: the row is known to exist.
     fn set(&mut self, key: &str, cells: Cells, complete: bool, exists: bool) -> Result<(), crate::fold::Refused> {
-        match self.changes.entry(key.to_owned()) {
-            Entry::Vacant(e) => {
+        match self.changes.get_mut(key) {
+            None => {
                 if !complete && !exists {
                     return Err(crate::fold::Refused);
                 }
-                e.insert(Change { kind: ChangeKind::Patch, cells });
+                self.changes.insert(key.to_owned(), Change { kind: ChangeKind::Patch, cells });
             }
-            Entry::Occupied(mut e) => {
-                let change = e.get_mut();
+            Some(change) => {
                 let kind = change.kind;
                 match kind {
                     ChangeKind::Patch | ChangeKind::Replace => {
