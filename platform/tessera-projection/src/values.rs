@@ -137,7 +137,7 @@ fn typed(v: Value, t: &DataType) -> Result<Value, String> {
         },
         DataType::Timestamp => match v.as_str().and_then(timestamp) {
             Some(t) => Ok(Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))),
-            None => Err(format!("{} is not an RFC 3339 timestamp (years 1 to 9999)", describe(&v))),
+            None => Err(format!("{} is not an RFC 3339 timestamp (years 1 to 9999, no leap second)", describe(&v))),
         },
         DataType::Struct(columns) => {
             let Value::Object(mut object) = v else { return wrong(&v) };
@@ -191,10 +191,12 @@ pub(crate) fn date(text: &str) -> Option<chrono::NaiveDate> {
     ((1..=9999).contains(&chrono::Datelike::year(&d)) && d.format("%Y-%m-%d").to_string() == text).then_some(d)
 }
 
-/// A timestamp as a column takes it: RFC 3339, in UTC years 1 to 9999.
+/// A timestamp as a column takes it: RFC 3339, in UTC years 1 to 9999, not
+/// a leap second (`…:60`, which no Arrow or Parquet timestamp holds: read
+/// back it would be the next second, a different key).
 pub(crate) fn timestamp(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     let t = chrono::DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&chrono::Utc);
-    (1..=9999).contains(&chrono::Datelike::year(&t)).then_some(t)
+    ((1..=9999).contains(&chrono::Datelike::year(&t)) && chrono::Timelike::nanosecond(&t) < 1_000_000_000).then_some(t)
 }
 
 /// The canonical text of a decimal value (a JSON number or a string) that
@@ -340,6 +342,8 @@ mod tests {
         assert!(cell(Some(json!(" 2025-03-01")), &col(DataType::Date, true)).is_err());
         assert_eq!(cell(Some(json!("0099-12-31")), &col(DataType::Date, true)), Ok(json!("0099-12-31")));
         assert!(cell(Some(json!("9999-12-31T23:00:00-02:00")), &col(DataType::Timestamp, true)).is_err(), "year 10000 in UTC");
+        // A leap second would be read back as the next second: another key.
+        assert!(cell(Some(json!("2026-01-01T10:00:60Z")), &col(DataType::Timestamp, true)).is_err_and(|e| e.contains("no leap second")));
     }
 
     #[test]

@@ -169,7 +169,17 @@ impl PgCopyReader {
     }
 
     async fn read(&self, product: i64, after: i64, until: i64, limit: i64) -> Result<Vec<RawEvent>> {
-        use sqlx::postgres::PgPoolCopyExt;
+        // A COPY left half-read would leave its connection out of step with
+        // the protocol for every later use: it is read to the end on a task
+        // of its own, whatever happens to the caller, and a connection whose
+        // COPY failed is closed rather than pooled.
+        let pool = self.pool.clone();
+        tokio::spawn(async move { Self::copy(&pool, product, after, until, limit).await })
+            .await
+            .map_err(|e| Error::Config(format!("the log reader stopped: {e}")))?
+    }
+
+    async fn copy(pool: &sqlx::PgPool, product: i64, after: i64, until: i64, limit: i64) -> Result<Vec<RawEvent>> {
         // COPY takes no parameters; these are integers, written as such.
         let statement = format!(
             "COPY (SELECT position::int8, stream::text, stream_version::int8, event_id::bytea, event_type::text, \
@@ -177,11 +187,23 @@ impl PgCopyReader {
              WHERE product_id = {product} AND position > {after} AND position <= {until} \
              AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY position LIMIT {limit}) TO STDOUT (FORMAT binary)"
         );
-        let mut stream = self.pool.copy_out_raw(&statement).await?;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.try_next().await? {
-            data.extend_from_slice(&chunk);
+        let mut conn = pool.acquire().await?;
+        let read = async {
+            let mut stream = conn.copy_out_raw(&statement).await?;
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.try_next().await? {
+                data.extend_from_slice(&chunk);
+            }
+            Ok::<_, sqlx::Error>(data)
         }
+        .await;
+        let data = match read {
+            Ok(data) => data,
+            Err(e) => {
+                conn.close_on_drop();
+                return Err(e.into());
+            }
+        };
         decode_copy(&data, usize::try_from(limit).unwrap_or(0)).map_err(|e| Error::Config(format!("reading the log (COPY): {e}")))
     }
 }
