@@ -587,7 +587,7 @@ impl Builder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use indexmap::IndexMap;
     use serde_json::json;
     use tessera_contract::model::FieldPath;
@@ -597,7 +597,8 @@ mod tests {
     use crate::rows::append_rows;
     use crate::schema::table_schema;
 
-    fn column(data_type: DataType, required: bool, classification: Option<&str>) -> Column {
+    /// A column of a test table.
+    pub(crate) fn column(data_type: DataType, required: bool, classification: Option<&str>) -> Column {
         Column {
             data_type,
             required,

@@ -349,25 +349,15 @@ mod tests {
 
     use indexmap::IndexMap;
     use serde_json::json;
-    use tessera_contract::model::{Assignments, Column, DataType, FieldPath, Source};
+    use tessera_contract::model::{Assignments, DataType, FieldPath, Source};
     use tessera_core::{ColumnName, EventTypeName};
 
     use super::*;
+    use crate::decode::tests::column;
     use crate::delta::Changes;
     use crate::fold::Fold;
     use crate::rows::Upserts;
     use crate::schema::table_schema;
-
-    fn column(data_type: DataType, required: bool, classification: Option<&str>) -> Column {
-        Column {
-            data_type,
-            required,
-            description: None,
-            classification: classification.map(str::to_owned),
-            justification: None,
-            masking: Default::default(),
-        }
-    }
 
     /// An upsert table keyed by `id`: `Full` sets every column, `Part`
     /// some (not every required one), `Gone` deletes.
