@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
@@ -33,6 +34,27 @@ pub enum Error {
     Query { table: String, message: String },
 }
 
+/// How many times this process has changed a table, any table: the query
+/// engine keeps table snapshots, and looks at a table's log again at once
+/// when this moved (and otherwise only at its poll interval, for changes
+/// made by other processes).
+static CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// The number of table changes this process made so far (see [`CHANGES`]).
+pub fn changes() -> u64 {
+    CHANGES.load(Ordering::Acquire)
+}
+
+/// Counts a change when the function that may change a table returns,
+/// however it returns (a failed commit may have written its log entry).
+struct Changed;
+
+impl Drop for Changed {
+    fn drop(&mut self) {
+        CHANGES.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 fn delta(url: &Url) -> impl FnOnce(DeltaTableError) -> Error + '_ {
     move |source| Error::Delta { url: url.to_string(), source }
 }
@@ -41,6 +63,7 @@ fn delta(url: &Url) -> impl FnOnce(DeltaTableError) -> Error + '_ {
 /// adding the columns of `schema` it lacks (a minor contract version that
 /// adds columns evolves the table in place; added columns are nullable).
 pub async fn open_or_create(url: &Url, name: &str, schema: &Schema) -> Result<DeltaTable, Error> {
+    let _changed = Changed;
     let kernel: StructType = schema.try_into_kernel().map_err(|e| Error::Schema { table: name.to_owned(), message: e.to_string() })?;
     if url.scheme() == "file"
         && let Ok(path) = url.to_file_path()
@@ -149,6 +172,7 @@ pub async fn append(
     position: i64,
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
+    let _changed = Changed;
     table
         .write(batches)
         .with_save_mode(SaveMode::Append)
@@ -167,6 +191,7 @@ pub async fn overwrite(
     position: i64,
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
+    let _changed = Changed;
     table
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)
@@ -179,6 +204,7 @@ pub async fn overwrite(
 /// row: a commit with only the `txn` action (for a run whose events gave a
 /// table nothing but dead letters, so that they are not read again).
 pub async fn mark(table: DeltaTable, url: &Url, app_id: &str, position: i64, contract_version: &str) -> Result<DeltaTable, Error> {
+    let _changed = Changed;
     let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
     {
         let snapshot = table.snapshot().map_err(delta(url))?;
@@ -204,6 +230,7 @@ pub async fn replace_with(
     position: i64,
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
+    let _changed = Changed;
     let name = url.path().rsplit('/').find(|s| !s.is_empty()).unwrap_or("table").to_owned();
     let query = |e: deltalake::datafusion::error::DataFusionError| Error::Query { table: name.clone(), message: e.to_string() };
     let ctx = session();
@@ -221,6 +248,7 @@ pub async fn replace_with(
 
 /// Deletes every object of a table (a rebuild's scratch copy).
 pub async fn remove_all(table: &DeltaTable) -> Result<(), object_store::Error> {
+    let _changed = Changed;
     use futures::TryStreamExt as _;
     use object_store::ObjectStoreExt as _;
     let store = table.object_store();
@@ -232,15 +260,52 @@ pub async fn remove_all(table: &DeltaTable) -> Result<(), object_store::Error> {
 }
 
 /// Rewrites small files into larger ones (a new version with the same rows).
-pub async fn compact(table: DeltaTable, url: &Url) -> Result<(DeltaTable, Value), Error> {
-    let (table, metrics) = table.optimize().with_type(deltalake::operations::optimize::OptimizeType::Compact).await.map_err(delta(url))?;
+pub async fn compact(table: DeltaTable, url: &Url, key: &[ColumnName]) -> Result<(DeltaTable, Value), Error> {
+    let _changed = Changed;
+    // An upsert table is rewritten in key order (Z-order on one key is the
+    // key's order; on several, their interleaving), so that each file and
+    // row group holds a narrow range of keys and a lookup by key prunes to
+    // one of each. Compaction without a key keeps the rows' order.
+    let key: Vec<String> = key.iter().map(|c| c.as_str().to_owned()).collect();
+    let kind = if key.is_empty() {
+        deltalake::operations::optimize::OptimizeType::Compact
+    } else {
+        deltalake::operations::optimize::OptimizeType::ZOrder(key.clone())
+    };
+    let (table, metrics) = table.optimize().with_type(kind).with_writer_properties(layout(&key)).await.map_err(delta(url))?;
     let report = serde_json::json!({"files_added": metrics.num_files_added, "files_removed": metrics.num_files_removed});
     Ok((table, report))
+}
+
+/// Rows per row group of a compacted file: small enough that a lookup by
+/// key reads one group of a file, not the whole file.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Rows per data page: the page index then narrows a lookup further.
+pub const PAGE_ROWS: usize = 4 * 1024;
+
+/// How compaction writes Parquet: zstd as delta-rs does, row groups of
+/// [`ROW_GROUP_ROWS`], pages of at most [`PAGE_ROWS`] rows with their
+/// statistics in the page index, and a bloom filter on each key column.
+fn layout(key: &[String]) -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::basic::{Compression, ZstdLevel};
+    use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use deltalake::parquet::schema::types::ColumnPath;
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_statistics_enabled(EnabledStatistics::Page);
+    for column in key {
+        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
+    }
+    builder.build()
 }
 
 /// Deletes the files no version younger than `retention` needs: time
 /// travel keeps working inside the window.
 pub async fn vacuum(table: DeltaTable, url: &Url, retention: std::time::Duration) -> Result<(DeltaTable, Value), Error> {
+    let _changed = Changed;
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
     let (table, metrics) =
         table.vacuum().with_retention_period(retention).with_enforce_retention_duration(false).await.map_err(delta(url))?;
@@ -253,6 +318,7 @@ pub async fn vacuum(table: DeltaTable, url: &Url, retention: std::time::Duration
 /// were sealed: nothing of them may stay in the warehouse; time travel then
 /// starts at the current version.
 pub async fn purge_history(table: DeltaTable, url: &Url) -> Result<DeltaTable, Error> {
+    let _changed = Changed;
     let (table, _) =
         table.vacuum().with_retention_period(chrono::Duration::zero()).with_enforce_retention_duration(false).await.map_err(delta(url))?;
     deltalake::checkpoints::create_checkpoint(&table, None).await.map_err(delta(url))?;
@@ -342,6 +408,7 @@ pub async fn merge(
     position: i64,
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
+    let _changed = Changed;
     let name = url.path().rsplit('/').find(|s| !s.is_empty()).unwrap_or("table").to_owned();
     if table.snapshot().map_err(delta(url))?.log_data().num_files() == 0 {
         // Nothing to match: the rows the fold creates, appended. (Every one

@@ -540,7 +540,11 @@ impl Projector {
             if delta::stats(&t.delta, &t.url)?.files < min_files.max(2) {
                 continue;
             }
-            let (table, report) = delta::compact(t.delta.clone(), &t.url).await?;
+            let key = match &t.spec.projection {
+                Projection::Upsert { key, .. } => key.as_slice(),
+                _ => &[],
+            };
+            let (table, report) = delta::compact(t.delta.clone(), &t.url, key).await?;
             t.delta = table;
             out.insert(t.name.clone(), report);
         }

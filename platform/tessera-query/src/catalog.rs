@@ -119,7 +119,9 @@ pub struct Catalog {
     contracts: Mutex<HashMap<VersionKey, Published>>,
     /// Lineage of previous generations under their live version's classifications.
     merged: Mutex<HashMap<VersionKey, Arc<Lineage>>>,
-    tables: Mutex<HashMap<Url, DeltaTable>>,
+    tables: Mutex<HashMap<Url, Snapshot>>,
+    /// One refresh of the generations at a time: the others wait for it.
+    refreshing: tokio::sync::Mutex<()>,
     /// Bounds on the values functions produce, in every session and view.
     bounded: Option<Arc<tessera_sql::guard::Bounded>>,
 }
@@ -137,6 +139,22 @@ pub type Generations = Arc<Vec<Arc<Generation>>>;
 /// read again from the catalog database.
 const GENERATIONS_TTL: Duration = Duration::from_secs(1);
 
+/// How long a table snapshot is used without looking at the table's log,
+/// when this process has not changed any table since (see [`Catalog::latest`]).
+const SNAPSHOT_POLL: Duration = Duration::from_secs(1);
+
+/// The newest version of a table that a query found, and its provider.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    table: DeltaTable,
+    table_version: Option<u64>,
+    provider: Arc<dyn TableProvider>,
+    /// When the table's log was last looked at.
+    checked: Instant,
+    /// [`tessera_projection::delta::changes`] just before that.
+    changes: u64,
+}
+
 impl Catalog {
     pub fn new(store: Store, warehouse: Warehouse, key: HashKey) -> Self {
         Self {
@@ -147,6 +165,7 @@ impl Catalog {
             contracts: Mutex::new(HashMap::new()),
             merged: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
             bounded: None,
         }
     }
@@ -188,11 +207,13 @@ impl Catalog {
 
     /// Every served generation of every product.
     pub async fn generations(&self) -> tessera_store::Result<Generations> {
-        if let Ok(g) = self.generations.lock()
-            && let Some((at, list)) = g.as_ref()
-            && at.elapsed() < GENERATIONS_TTL
-        {
-            return Ok(Arc::clone(list));
+        if let Some(list) = self.fresh_generations() {
+            return Ok(list);
+        }
+        // One caller reads the catalog database; the others wait and take its list.
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(list) = self.fresh_generations() {
+            return Ok(list);
         }
         let mut out = Vec::new();
         for product in self.store.products().await? {
@@ -262,6 +283,12 @@ impl Catalog {
         Ok(list)
     }
 
+    fn fresh_generations(&self) -> Option<Generations> {
+        let g = self.generations.lock().ok()?;
+        let (at, list) = g.as_ref()?;
+        (at.elapsed() < GENERATIONS_TTL).then(|| Arc::clone(list))
+    }
+
     /// The lineage of a published contract's derived tables (cached by version).
     pub async fn lineage(&self, contract: &Contract) -> Arc<Lineage> {
         match self.contract(contract.domain.as_str(), contract.name.as_str(), &contract.version.to_string()).await {
@@ -286,13 +313,30 @@ impl Catalog {
         Ok((contract, lineage))
     }
 
-    /// The newest version of the Delta table at `url`, or `None` while the
-    /// projector has not created it yet.
-    async fn latest(&self, url: &Url) -> Result<Option<DeltaTable>> {
+    /// The newest version of the Delta table at `url` as a table provider,
+    /// or `None` while the projector has not created it yet.
+    ///
+    /// Snapshots are kept: a table's log is looked at again when this
+    /// process changed a table since ([`tessera_projection::delta::changes`]),
+    /// and otherwise at most every [`SNAPSHOT_POLL`] (changes made by other
+    /// processes), so that a query does not list every table's log.
+    async fn latest(&self, url: &Url) -> Result<Option<Arc<dyn TableProvider>>> {
+        let changes = tessera_projection::delta::changes();
         let cached = self.tables.lock().ok().and_then(|t| t.get(url).cloned());
+        if let Some(s) = &cached
+            && s.changes == changes
+            && s.checked.elapsed() < SNAPSHOT_POLL
+        {
+            return Ok(Some(Arc::clone(&s.provider)));
+        }
+        let checked = Instant::now();
         let table = match cached {
-            Some(mut table) => {
+            Some(Snapshot { mut table, table_version, provider, .. }) => {
                 table.update_incremental(None).await.map_err(delta_error)?;
+                if table.version() == table_version {
+                    self.keep(url, Snapshot { table, table_version, provider: Arc::clone(&provider), checked, changes });
+                    return Ok(Some(provider));
+                }
                 table
             }
             None => {
@@ -309,10 +353,22 @@ impl Catalog {
                 table
             }
         };
+        let provider = table.table_provider().await?;
+        self.keep(url, Snapshot { table_version: table.version(), table, provider: Arc::clone(&provider), checked, changes });
+        Ok(Some(provider))
+    }
+
+    /// Keeps `snapshot` unless a newer version of the table is kept already
+    /// (a slower refresh that finished later): no query goes back in time.
+    fn keep(&self, url: &Url, snapshot: Snapshot) {
         if let Ok(mut t) = self.tables.lock() {
-            t.insert(url.clone(), table.clone());
+            match t.get(url) {
+                Some(kept) if kept.table_version > snapshot.table_version => {}
+                _ => {
+                    t.insert(url.clone(), snapshot);
+                }
+            }
         }
-        Ok(Some(table))
     }
 
     /// [`Catalog::masked_table`] for a view's input, `depth` views down.
@@ -351,16 +407,17 @@ impl Catalog {
             return crate::view::governed_view(self, generation, table, spec, roles, at, 0).await.map(Some);
         }
         let url = self.warehouse.table_url(&generation.domain, &generation.product, generation.major, table);
-        let delta = match at {
+        let raw = match at {
             At::Latest => self.latest(&url).await?,
-            At::Version(v) => Some(tessera_projection::history::at_version(&url, *v).await.map_err(|e| history_error(table, e))?),
-            At::Time(t) => Some(tessera_projection::history::at_timestamp(&url, *t).await.map_err(|e| history_error(table, e))?),
+            At::Version(v) => {
+                Some(tessera_projection::history::at_version(&url, *v).await.map_err(|e| history_error(table, e))?.table_provider().await?)
+            }
+            At::Time(t) => Some(
+                tessera_projection::history::at_timestamp(&url, *t).await.map_err(|e| history_error(table, e))?.table_provider().await?,
+            ),
         };
-        let raw: Arc<dyn TableProvider> = match delta {
-            Some(d) => d.table_provider().await?,
-            // Published but not projected yet: no rows, the contract's columns.
-            None => Arc::new(EmptyTable::new(Arc::new(table_schema(spec)))),
-        };
+        // Published but not projected yet: no rows, the contract's columns.
+        let raw: Arc<dyn TableProvider> = raw.unwrap_or_else(|| Arc::new(EmptyTable::new(Arc::new(table_schema(spec)))));
         let policy = self.policy();
         let live_columns =
             generation.live_contract.as_ref().and_then(|c| c.tables.iter().find(|(n, _)| n.as_str() == table)).map(|(_, t)| t);

@@ -12,7 +12,7 @@ use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{DataFusionError, ScalarValue, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
@@ -67,6 +67,10 @@ impl Limits {
         (self.memory_bytes / tessera_sql::budget::BATCH_ROWS).max(4096)
     }
 }
+
+/// The Parquet footers and page indexes kept between queries (DataFusion's
+/// file metadata cache, shared by every query of an engine).
+const METADATA_CACHE_BYTES: usize = 128 << 20;
 
 /// The stack of the thread that parses and measures SQL text: deep enough
 /// for any tree the token check lets through, reserved lazily.
@@ -149,6 +153,14 @@ pub struct Engine {
     limits: Limits,
     auditor: Auditor,
     admission: Arc<Admission>,
+    /// Whether row-choosing operators on clear columns run below the mask
+    /// ([`crate::late`]); off only to compare the two in tests and benchmarks.
+    late_masking: bool,
+    /// What every query's runtime shares: the cache of Parquet footers and
+    /// page indexes, and the object stores. Each query gets its own memory
+    /// pool on top. `None` if it could not be built (each query then
+    /// builds its own, as a fallback).
+    runtime: Option<Arc<RuntimeEnv>>,
 }
 
 impl Engine {
@@ -158,7 +170,19 @@ impl Engine {
         let admission = Arc::new(Admission::new(limits.concurrency.clone()));
         let catalog =
             Catalog::new(store, warehouse, HashKey::new(key)).with_bounds(Arc::new(crate::guard::Bounded::new(limits.max_value_bytes())));
-        Self { catalog: Arc::new(catalog), limits, auditor, admission }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_metadata_cache_limit(METADATA_CACHE_BYTES)
+            .build_arc()
+            .inspect_err(|e| tracing::warn!(error = %e, "queries share no Parquet metadata cache"))
+            .ok();
+        Self { catalog: Arc::new(catalog), limits, auditor, admission, late_masking: true, runtime }
+    }
+
+    /// The same engine with late masking ([`crate::late`]) on or off.
+    pub fn with_late_masking(mut self, on: bool) -> Self {
+        self.late_masking = on;
+        self
     }
 
     /// Waits for a slot for one more query of `principal` (see [`Admission`]).
@@ -368,7 +392,11 @@ impl Session {
             .with_target_partitions(limits.partitions.max(1));
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         let pool = self.engine.admission.pool(limits.memory_bytes);
-        let runtime = RuntimeEnvBuilder::new()
+        let shared = match &self.engine.runtime {
+            Some(runtime) => RuntimeEnvBuilder::from_runtime_env(runtime),
+            None => RuntimeEnvBuilder::new(),
+        };
+        let runtime = shared
             .with_memory_pool(Arc::clone(&pool))
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
@@ -390,6 +418,8 @@ impl Session {
         // pool, and functions that could allocate without bound are bounded,
         // what they produce reserved.
         let ledger = Arc::new(tessera_sql::budget::Ledger::new(pool, limits.partitions));
+        let builder =
+            if self.engine.late_masking { builder.with_physical_optimizer_rule(Arc::new(crate::late::LateMasking)) } else { builder };
         let builder = builder
             .with_physical_optimizer_rule(Arc::new(tessera_sql::budget::Metering::new(limits.memory_bytes).releasing(Arc::clone(&ledger))));
         let bounded = Arc::new(tessera_sql::guard::Bounded::metered(limits.max_value_bytes(), ledger));

@@ -2,7 +2,8 @@
 //! masking policy applied beneath SQL for whoever is asking.
 //!
 //! From the bottom up: masks as Arrow kernels (`mask`), a table as one
-//! caller may see it, masked directly above its scan (`table`), the
+//! caller may see it, masked directly above its scan (`table`), what may
+//! run below the mask because it reads only clear columns (`late`), the
 //! catalogs a caller may read (`catalog`), what SQL may do (`sandbox`),
 //! sessions, limits and the query lifecycle (`engine`), and the audit log
 //! writer (`audit`). Knows nothing of HTTP or the PostgreSQL protocol: the
@@ -14,6 +15,7 @@ pub mod admission;
 pub mod audit;
 pub mod catalog;
 pub mod engine;
+pub mod late;
 pub mod mask;
 pub mod table;
 pub mod unseal;

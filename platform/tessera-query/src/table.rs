@@ -19,15 +19,22 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DataFusionError, Result};
+use datafusion::common::{Column, DataFusionError, Result, Statistics};
+use datafusion::config::ConfigOptions;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::expressions::Column as ColumnExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule as _;
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
+use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
 use futures::StreamExt as _;
 
+use crate::late::Absorbed;
 use crate::mask::{HashKey, Mask};
 
 /// A served column: where it is in the raw table, and its mask.
@@ -166,6 +173,13 @@ impl TableProvider for MaskedTable {
             filters.iter().filter(|f| self.reads_only_clear(f)).map(|f| unqualified(f.clone())).collect::<Result<_>>()?;
         // A limit is only given when every filter is exact, which ours never are.
         let raw = self.raw.scan(state, Some(&raw_projection), &pushed, if filters.is_empty() { limit } else { None }).await?;
+        // The raw scan split across the query's partitions (by file, or by
+        // byte ranges of large files), so that masking runs on every core:
+        // the physical optimizer cannot split it inside the leaf.
+        let raw = match raw.repartitioned(state.config().target_partitions(), state.config_options())? {
+            Some(split) => split,
+            None => raw,
+        };
         let schema = Arc::new(self.schema.project(&chosen)?);
         Ok(Arc::new(MaskedScanExec::new(self.name.clone(), raw, masks, schema, self.key.clone(), self.unsealer.clone())))
     }
@@ -191,7 +205,14 @@ pub struct MaskedScanExec {
     properties: Arc<PlanProperties>,
     key: HashKey,
     unsealer: Option<Unsealer>,
+    /// Operators on clear columns that run inside, on the raw rows, before
+    /// the mask (see [`crate::late`]); already part of `raw`.
+    absorbed: Vec<Absorbed>,
 }
+
+/// The largest top-k copied into a scan (see [`crate::late`]): a larger
+/// one would hold many rows twice for little gain.
+const MAX_ABSORBED_FETCH: usize = 8192;
 
 /// How one column of a scan is masked (and opened first, when sealed).
 #[derive(Debug, Clone)]
@@ -216,7 +237,56 @@ impl MaskedScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { name, raw, masks, schema, properties, key, unsealer }
+        Self { name, raw, masks, schema, properties, key, unsealer, absorbed: Vec::new() }
+    }
+
+    /// Whether the caller sees column `i` exactly as stored: not masked, not sealed.
+    fn is_clear(&self, i: usize) -> bool {
+        let raw = self.raw.schema();
+        self.masks.get(i).is_some_and(|m| m.mask == Mask::Clear && m.sealed.is_none())
+            && raw.fields().get(i).zip(self.schema.fields().get(i)).is_some_and(|(r, s)| r.data_type() == s.data_type())
+    }
+
+    /// This scan with `ops` (in terms of its columns, innermost first) run
+    /// inside it on the raw rows, before the mask; `None` when one of them
+    /// reads a column that is not clear, or the scan absorbed already.
+    pub(crate) fn absorbing(&self, ops: Vec<Absorbed>, config: &ConfigOptions) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if !self.absorbed.is_empty() || ops.is_empty() {
+            return Ok(None);
+        }
+        // A copied top-k holds its rows a second time: only small ones are worth it.
+        if ops.iter().any(|op| matches!(op, Absorbed::TopK { fetch, .. } if *fetch > MAX_ABSORBED_FETCH)) {
+            return Ok(None);
+        }
+        if !ops.iter().all(|op| op.columns().into_iter().all(|i| self.is_clear(i))) {
+            return Ok(None);
+        }
+        let raw_schema = self.raw.schema();
+        let to_raw = |i: usize| raw_schema.fields().get(i).map(|f| Arc::new(ColumnExpr::new(f.name(), i)) as Arc<dyn PhysicalExpr>);
+        let mut inner = Arc::clone(&self.raw);
+        let mut absorbed = Vec::with_capacity(ops.len());
+        for op in ops {
+            let Some(op) = op.remap_to(&to_raw)? else { return Ok(None) };
+            inner = op.over(inner)?;
+            absorbed.push(op);
+        }
+        // The top-k's dynamic filter reaches the Parquet scan (file and row
+        // group pruning by the current k-th value), as it would without a mask.
+        let inner = match FilterPushdown::new_post_optimization().optimize(Arc::clone(&inner), config) {
+            Ok(pushed) => pushed,
+            Err(_) => inner,
+        };
+        let mut scan = self.over(inner);
+        scan.absorbed = absorbed;
+        Ok(Some(Arc::new(scan)))
+    }
+
+    /// The same scan (masks, absorbed operators) over another raw plan.
+    fn over(&self, raw: Arc<dyn ExecutionPlan>) -> Self {
+        let mut scan =
+            Self::new(self.name.clone(), raw, self.masks.clone(), Arc::clone(&self.schema), self.key.clone(), self.unsealer.clone());
+        scan.absorbed = self.absorbed.clone();
+        scan
     }
 
     /// The tables a plan reads, by the names callers use.
@@ -249,7 +319,12 @@ impl DisplayAs for MaskedScanExec {
             .map(|(field, m)| format!("{}: {}", field.name(), m.mask.describe()))
             .collect();
         let columns: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
-        write!(f, "MaskedScan: table={}, columns=[{}], masked=[{}]", self.name, columns.join(", "), masked.join(", "))
+        write!(f, "MaskedScan: table={}, columns=[{}], masked=[{}]", self.name, columns.join(", "), masked.join(", "))?;
+        if !self.absorbed.is_empty() {
+            let absorbed: Vec<String> = self.absorbed.iter().map(Absorbed::describe).collect();
+            write!(f, ", before masking=[{}]", absorbed.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -270,8 +345,36 @@ impl ExecutionPlan for MaskedScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
+    /// A plan run again (the recursive part of a recursive query) starts
+    /// afresh: the raw plan inside, an absorbed top-k's dynamic filter
+    /// included, is reset too (nothing outside can reach it to do so).
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(self.over(reset_plan_states(Arc::clone(&self.raw))?)))
+    }
+
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         if children.is_empty() { Ok(self) } else { Err(DataFusionError::Internal("a masked scan has no children".into())) }
+    }
+
+    /// Row counts, and the statistics of the columns served in the clear
+    /// only: a masked or sealed column's minimum or maximum would be a
+    /// clear value.
+    fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
+        // The raw scan is not a child (nothing may reach it): ask it directly.
+        // Statistics only guide planning: without them the query still runs.
+        let Ok(raw) = StatisticsContext::new().compute(self.raw.as_ref(), &StatisticsArgs::new().with_partition(args.partition())) else {
+            return Ok(Arc::new(Statistics::new_unknown(&self.schema)));
+        };
+        let mut out = Statistics::new_unknown(&self.schema);
+        out.num_rows = raw.num_rows;
+        for (i, column) in out.column_statistics.iter_mut().enumerate() {
+            if self.is_clear(i)
+                && let Some(s) = raw.column_statistics.get(i)
+            {
+                *column = s.clone();
+            }
+        }
+        Ok(Arc::new(out))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {

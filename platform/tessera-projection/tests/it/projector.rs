@@ -420,3 +420,68 @@ async fn a_minor_version_that_adds_a_column_evolves_the_table_in_place() {
     assert!(rows.iter().any(|r| !r.ends_with("| ∅")), "the new row has one: {rows:?}");
     store.close().await;
 }
+
+/// Compaction rewrites an upsert table in key order (so that a lookup by
+/// key prunes to one file and row group), in row groups of at most
+/// [`tessera_projection::delta::ROW_GROUP_ROWS`] rows with a bloom filter
+/// on the key, and changes no row.
+#[tokio::test]
+async fn compaction_writes_upsert_tables_in_key_order() {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().expect("dir");
+    let store = store_with(dir.path(), "sales-orders").await;
+    let warehouse = Warehouse::parse("warehouse", dir.path()).expect("warehouse");
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut ids: Vec<usize> = (0..1500).collect();
+    rng.shuffle(&mut ids);
+    // Three appends of keys in random order, each projected on its own: several files.
+    let mut projector = Projector::new(store.clone(), warehouse.clone(), "sales", "orders").with_batch(200);
+    for chunk in ids.chunks(500) {
+        let events: Vec<Value> = chunk.iter().map(|i| placed(&format!("ORD-{i:05}"), 10.0, "EUR", 1 + (*i % 28) as u32)).collect();
+        store.append_body(&owner("sales"), "sales", "orders", BodyFormat::Ndjson, ndjson(&events)).await.expect("append");
+        projector.run(&|_| {}).await.expect("run");
+    }
+    let before = rows_of(&warehouse, "sales", "orders", "orders").await;
+    assert_eq!(before.len(), 1500);
+    let report = projector.compact(2).await.expect("compact");
+    assert!(report["orders"]["files_added"].as_u64().is_some_and(|n| n >= 1), "{report}");
+    assert_eq!(rows_of(&warehouse, "sales", "orders", "orders").await, before);
+
+    let table = deltalake::open_table(warehouse.table_url("sales", "orders", 1, "orders")).await.expect("open");
+    let files: Vec<String> = table.get_file_uris().expect("files").collect();
+    assert!(!files.is_empty());
+    for uri in files {
+        let path = url::Url::parse(&uri).ok().and_then(|u| u.to_file_path().ok()).unwrap_or_else(|| uri.clone().into());
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).expect("file")).expect("parquet");
+        let meta = reader.metadata();
+        let key = meta.file_metadata().schema_descr().columns().iter().position(|c| c.name() == "order_id").expect("key column");
+        let mut last: Option<Vec<u8>> = None;
+        for group in meta.row_groups() {
+            assert!(group.num_rows() as usize <= tessera_projection::delta::ROW_GROUP_ROWS);
+            assert!(group.column(key).bloom_filter_offset().is_some(), "no bloom filter on the key in {uri}");
+            // Key order: each row group starts at or after the previous one's largest key.
+            let stats = group.column(key).statistics().expect("key statistics");
+            let (min, max) = (stats.min_bytes_opt().expect("min").to_vec(), stats.max_bytes_opt().expect("max").to_vec());
+            if let Some(previous) = &last {
+                assert!(min >= *previous, "row groups out of key order in {uri}");
+            }
+            last = Some(max);
+        }
+        // And every key in order within the file.
+        let batches =
+            deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).expect("file"))
+                .expect("reader")
+                .build()
+                .expect("reader");
+        let mut keys = Vec::new();
+        for batch in batches {
+            let batch = batch.expect("batch");
+            let column =
+                arrow::compute::cast(batch.column_by_name("order_id").expect("order_id"), &arrow::datatypes::DataType::Utf8).expect("cast");
+            let column = column.as_any().downcast_ref::<arrow::array::StringArray>().expect("strings");
+            keys.extend(column.iter().map(|k| k.map(str::to_owned)));
+        }
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "keys out of order in {uri}");
+    }
+    store.close().await;
+}

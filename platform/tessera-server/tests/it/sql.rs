@@ -211,6 +211,39 @@ const ATTACKS: &[(&str, Expect)] = &[
     ("SELECT string_agg(full_name, ','), array_agg(email) FROM customers.profiles.profiles", Expect::Masked),
     ("SELECT first_value(email) OVER (ORDER BY email), last_value(phone) OVER () FROM customers.profiles.profiles LIMIT 3", Expect::Masked),
     ("SELECT count(*) FROM customers.profiles.profiles WHERE CASE WHEN email = '{email}' THEN true ELSE false END", Expect::Masked),
+    // Late masking: a top-k or filter on clear columns runs below the mask;
+    // one on a masked column, or a masked column renamed to a clear one's
+    // name, must not.
+    (
+        "SELECT customer_id, email, full_name FROM customers.profiles.profiles WHERE customer_id = '{id}' ORDER BY customer_id LIMIT 1",
+        Expect::Masked,
+    ),
+    ("SELECT * FROM customers.profiles.profiles ORDER BY customer_id LIMIT 3", Expect::Masked),
+    (
+        "SELECT email, phone FROM customers.profiles.profiles WHERE country IS NOT NULL ORDER BY country, customer_id LIMIT 2",
+        Expect::Masked,
+    ),
+    ("SELECT customer_id FROM customers.profiles.profiles WHERE customer_id = '{id}' AND email = '{email}' LIMIT 1", Expect::Empty),
+    (
+        "SELECT customer_id FROM customers.profiles.profiles WHERE customer_id = '{id}' AND email LIKE '{email_prefix}%' ORDER BY customer_id LIMIT 1",
+        Expect::Empty,
+    ),
+    ("SELECT customer_id FROM customers.profiles.profiles WHERE email IN ('{email}') ORDER BY customer_id LIMIT 5", Expect::Empty),
+    ("SELECT customer_id FROM customers.profiles.profiles WHERE birth_date = DATE '{birth}' ORDER BY customer_id LIMIT 1", Expect::Empty),
+    (
+        "SELECT customer_id FROM (SELECT customer_id, email AS country FROM customers.profiles.profiles) t WHERE country = '{email}' ORDER BY customer_id LIMIT 1",
+        Expect::Empty,
+    ),
+    (
+        "SELECT c FROM (SELECT email AS customer_id, customer_id AS c FROM customers.profiles.profiles) t WHERE customer_id = '{email}' LIMIT 1",
+        Expect::Empty,
+    ),
+    (
+        "SELECT * FROM (SELECT full_name AS customer_id, signup_ip AS country FROM customers.profiles.profiles) t ORDER BY customer_id, country LIMIT 2",
+        Expect::Masked,
+    ),
+    ("SELECT customer_id FROM customers.profiles.profiles ORDER BY national_id NULLS FIRST, customer_id LIMIT 1", Expect::Masked),
+    ("EXPLAIN ANALYZE SELECT * FROM customers.profiles.profiles WHERE customer_id = '{id}' ORDER BY customer_id LIMIT 1", Expect::Masked),
     // EXPLAIN.
     ("EXPLAIN SELECT * FROM customers.profiles.profiles WHERE email = '{email}'", Expect::Masked),
     ("EXPLAIN VERBOSE SELECT email FROM customers.profiles.profiles", Expect::Masked),
