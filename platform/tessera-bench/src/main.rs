@@ -106,21 +106,31 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 /// Waits until a started `tessera serve` prints the URL it serves at, and
 /// drains the rest of its output from then on.
 pub fn serving_url(child: &mut std::process::Child) -> anyhow::Result<String> {
+    serving(child).map(|(http, _)| http)
+}
+
+/// The server's HTTP base URL and, when it listens for it, the address of
+/// its PostgreSQL protocol (`host:port`), from what it prints at start.
+pub fn serving(child: &mut std::process::Child) -> anyhow::Result<(String, Option<String>)> {
     use std::io::BufRead as _;
     let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("the server's output is not piped"))?;
     let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut pg = None;
     let base = loop {
         match lines.next() {
             Some(Ok(line)) => {
                 if let Some(url) = line.strip_prefix("Tessera is serving at ") {
                     break url.to_owned();
                 }
+                if let Some(rest) = line.strip_prefix("PostgreSQL protocol at ") {
+                    pg = rest.split(':').take(2).collect::<Vec<_>>().join(":").into();
+                }
             }
             _ => anyhow::bail!("the server exited before it served"),
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Ok(base)
+    Ok((base, pg))
 }
 
 /// The repository root: the working directory, which `bench/run` sets.

@@ -4,7 +4,9 @@
 //! `POST /api/v1/sql` of a release-built `tessera serve` process as a masked
 //! role (analyst) and as an unmasked one (steward), side by side in the same
 //! run with DuckDB (PyPI) reading the same Parquet files. Then point lookups
-//! at 64 concurrent clients with wrk (Debian's package).
+//! at 64 concurrent clients with wrk over HTTP and with pgbench over the
+//! PostgreSQL protocol (both Debian packages), and the fixed cost of
+//! `SELECT 1`.
 //!
 //! The tables are made the way production makes them: the events go
 //! through the store (validated, upcast) and the real projector commits
@@ -278,6 +280,8 @@ async fn prepare(args: &Args, dir: &Path) -> Result<()> {
 struct Server {
     child: Child,
     base: String,
+    /// The PostgreSQL protocol's `host:port`.
+    pg: String,
 }
 
 impl Server {
@@ -292,7 +296,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "pg_listen = \"off\"\nmasking_key = \"bench-masking-key-0123456789\"\nquery_timeout_seconds = 300\n{}{}",
+                "pg_listen = \"127.0.0.1:0\"\nmasking_key = \"bench-masking-key-0123456789\"\nquery_timeout_seconds = 300\n{}{}",
                 principal("bench-analyst", ANALYST, "analyst"),
                 principal("bench-steward", STEWARD, "steward")
             ),
@@ -306,8 +310,9 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}; build it with `cargo build --release -p tessera-cli`", tessera.display()))?;
-        let base = crate::serving_url(&mut child)?;
-        Ok(Server { child, base })
+        let (base, pg) = crate::serving(&mut child)?;
+        let pg = pg.context("the server did not listen for the PostgreSQL protocol")?;
+        Ok(Server { child, base, pg })
     }
 
     fn stop(mut self) {
@@ -435,6 +440,62 @@ fn load_test(args: &Args, base: &str, dir: &Path) -> Result<Load> {
     })
 }
 
+/// pgbench's script: point lookups of random orders, the key built by SQL
+/// (pgbench only draws numbers); constant folding makes it a literal.
+const PGBENCH_SCRIPT: &str =
+    "\\set id random(0, ORDERS)\nSELECT * FROM sales.orders.orders WHERE order_id = 'SO-' || lpad(CAST(:id AS VARCHAR), 8, '0');\n";
+
+/// The point lookups over the PostgreSQL protocol with pgbench, latencies
+/// from its per-transaction log.
+fn pg_load_test(args: &Args, pg: &str, dir: &Path) -> Result<Load> {
+    let script = dir.join("point-lookup.sql");
+    std::fs::write(&script, PGBENCH_SCRIPT.replace("ORDERS", &(args.orders.saturating_sub(1)).to_string()))?;
+    let (host, port) = pg.rsplit_once(':').context("the PostgreSQL protocol's address")?;
+    let logs = dir.join("pgbench-logs");
+    std::fs::create_dir_all(&logs)?;
+    let o = Command::new("pgbench")
+        .args(["-n", "-h", host, "-p", port, "-U", "bench-analyst", "-M", "simple", "-j", "2"])
+        .arg(format!("-c{}", args.concurrency))
+        .arg(format!("-T{}", args.load_seconds))
+        .arg("-f")
+        .arg(&script)
+        .arg("-l")
+        .arg(format!("--log-prefix={}", logs.join("lookup").display()))
+        .arg("tessera")
+        .env("PGPASSWORD", ANALYST)
+        .output()
+        .context("pgbench is needed for the PostgreSQL protocol's load test: apt-get install postgresql-client")?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        bail!("pgbench failed: {text}{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let failed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // Each log line: client, transaction, latency (µs), script, epoch seconds, µs.
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(&logs)? {
+        for line in std::fs::read_to_string(entry?.path())?.lines() {
+            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<f64>().ok()) {
+                latencies.push(us / 1e3);
+            }
+        }
+    }
+    if latencies.is_empty() {
+        bail!("pgbench logged no transaction: {text}");
+    }
+    let requests = latencies.len() as u64;
+    Ok(Load {
+        p50_ms: quantile(&latencies, 0.5),
+        p99_ms: quantile(&latencies, 0.99),
+        per_second: requests as f64 / args.load_seconds as f64,
+        requests,
+        errors: failed,
+    })
+}
+
 struct Row {
     query: Query,
     rows: usize,
@@ -525,15 +586,21 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::Ok((table, select_one))
     });
     let load = outcome.as_ref().ok().map(|_| load_test(&args, &server.base, scratch.path()));
+    let pg_load = outcome.as_ref().ok().map(|_| pg_load_test(&args, &server.pg, scratch.path()));
     server.stop();
     let (table, select_one) = outcome?;
     let load = load.context("no load test")??;
+    let pg_load = pg_load.context("no load test")??;
     println!("  SELECT 1: p50 {:.2} ms", median(&select_one) * 1e3);
+    println!(
+        "  point lookups over the PostgreSQL protocol at {} clients: p50 {:.1} ms, p99 {:.1} ms, {:.0}/s ({} errors)",
+        args.concurrency, pg_load.p50_ms, pg_load.p99_ms, pg_load.per_second, pg_load.errors
+    );
     println!(
         "  point lookups at {} clients: p50 {:.1} ms, p99 {:.1} ms, {:.0}/s",
         args.concurrency, load.p50_ms, load.p99_ms, load.per_second
     );
-    let section = report(&args, &duckdb_version, version, &table, &load, &select_one);
+    let section = report(&args, &duckdb_version, version, &table, &[&load, &pg_load], &select_one);
     crate::write_section(&args.output, "query", &section)?;
     println!("wrote {}", args.output.display());
     Ok(())
@@ -543,7 +610,8 @@ fn ms(seconds: f64) -> String {
     format!("{:.1}", seconds * 1e3)
 }
 
-fn report(args: &Args, duckdb_version: &str, version: u64, table: &[Row], load: &Load, select_one: &[f64]) -> String {
+fn report(args: &Args, duckdb_version: &str, version: u64, table: &[Row], loads: &[&Load; 2], select_one: &[f64]) -> String {
+    let [load, pg_load] = *loads;
     let mut out = String::new();
     out.push_str("## Query\n\n");
     out.push_str(&format!(
@@ -604,7 +672,9 @@ fn report(args: &Args, duckdb_version: &str, version: u64, table: &[Row], load: 
     out.push_str(&format!(
         "Point lookups (a random order by `order_id`, as analyst, JSON) from {} concurrent clients for {} s with wrk (Debian's \
          package, 2 threads, on the same 2 cores as the server): p50 {:.1} ms, p99 {:.1} ms, {:.0} queries/s ({} queries, {} errors). \
-         One client at a time (Q9's runs): p50 {}, p99 {} ms.\n\n",
+         One client at a time (Q9's runs): p50 {}, p99 {} ms. The same lookups over the PostgreSQL protocol (pgbench, Debian's \
+         package, {} clients, 2 threads, simple protocol, the key formatted by SQL from a random number): p50 {:.1} ms, p99 {:.1} ms, \
+         {:.0} queries/s ({} queries, {} errors).\n\n",
         args.concurrency,
         args.load_seconds,
         load.p50_ms,
@@ -614,6 +684,12 @@ fn report(args: &Args, duckdb_version: &str, version: u64, table: &[Row], load: 
         load.errors,
         ms(quantile(&point, 0.5)),
         ms(quantile(&point, 0.99)),
+        args.concurrency,
+        pg_load.p50_ms,
+        pg_load.p99_ms,
+        pg_load.per_second,
+        pg_load.requests,
+        pg_load.errors,
     ));
     out.push_str(&format!(
         "The fixed cost of a query (`SELECT 1` over HTTP, Arrow IPC, one client, {} runs): p50 {:.2} ms, p99 {:.2} ms.\n\n",

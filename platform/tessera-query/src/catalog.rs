@@ -120,6 +120,8 @@ pub struct Catalog {
     /// Lineage of previous generations under their live version's classifications.
     merged: Mutex<HashMap<VersionKey, Arc<Lineage>>>,
     tables: Mutex<HashMap<Url, Snapshot>>,
+    /// Table versions that `as_of` opened, by table and version.
+    versions: Mutex<HashMap<(Url, u64), Arc<dyn TableProvider>>>,
     /// One refresh of the generations at a time: the others wait for it.
     refreshing: tokio::sync::Mutex<()>,
     /// Bounds on the values functions produce, in every session and view.
@@ -143,6 +145,10 @@ const GENERATIONS_TTL: Duration = Duration::from_secs(1);
 /// when this process has not changed any table since (see [`Catalog::latest`]).
 const SNAPSHOT_POLL: Duration = Duration::from_secs(1);
 
+/// How many table versions opened by `as_of` are kept (all are dropped
+/// when the limit is reached: the working set rebuilds itself).
+const KEPT_VERSIONS: usize = 64;
+
 /// The newest version of a table that a query found, and its provider.
 #[derive(Debug, Clone)]
 struct Snapshot {
@@ -165,6 +171,7 @@ impl Catalog {
             contracts: Mutex::new(HashMap::new()),
             merged: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
             bounded: None,
         }
@@ -358,6 +365,25 @@ impl Catalog {
         Ok(Some(provider))
     }
 
+    /// Version `version` of the table at `url`, kept for the next query that
+    /// reads it (a version never changes; a vacuumed one fails to read, as
+    /// it would if opened afresh).
+    async fn at_version(&self, url: &Url, version: u64, table: &str) -> Result<Arc<dyn TableProvider>> {
+        let key = (url.clone(), version);
+        if let Some(provider) = self.versions.lock().ok().and_then(|v| v.get(&key).cloned()) {
+            return Ok(provider);
+        }
+        let provider =
+            tessera_projection::history::at_version(url, version).await.map_err(|e| history_error(table, e))?.table_provider().await?;
+        if let Ok(mut versions) = self.versions.lock() {
+            if versions.len() >= KEPT_VERSIONS {
+                versions.clear();
+            }
+            versions.insert(key, Arc::clone(&provider));
+        }
+        Ok(provider)
+    }
+
     /// Keeps `snapshot` unless a newer version of the table is kept already
     /// (a slower refresh that finished later): no query goes back in time.
     fn keep(&self, url: &Url, snapshot: Snapshot) {
@@ -409,9 +435,7 @@ impl Catalog {
         let url = self.warehouse.table_url(&generation.domain, &generation.product, generation.major, table);
         let raw = match at {
             At::Latest => self.latest(&url).await?,
-            At::Version(v) => {
-                Some(tessera_projection::history::at_version(&url, *v).await.map_err(|e| history_error(table, e))?.table_provider().await?)
-            }
+            At::Version(v) => Some(self.at_version(&url, *v, table).await?),
             At::Time(t) => Some(
                 tessera_projection::history::at_timestamp(&url, *t).await.map_err(|e| history_error(table, e))?.table_provider().await?,
             ),

@@ -319,6 +319,9 @@ async fn late_masking_changes_no_result() {
     assert!(top.contains("before masking=[TopK(fetch=3)]"), "{top}");
     let filtered = explain("SELECT email FROM customers.profiles.profiles WHERE country = 'GB' ORDER BY customer_id LIMIT 3").await;
     assert!(filtered.contains("before masking=[Filter, TopK(fetch=3)]"), "{filtered}");
+    // A key computed from literals is folded into a literal first: it moves too.
+    let folded = explain("SELECT * FROM sales.orders.orders WHERE order_id = 'SO-' || lpad(CAST(1 AS VARCHAR), 8, '0')").await;
+    assert!(folded.contains("before masking=[Filter]"), "{folded}");
     for sql in [
         "SELECT customer_id FROM customers.profiles.profiles ORDER BY email LIMIT 3",
         "SELECT customer_id FROM customers.profiles.profiles WHERE email = 'x' ORDER BY customer_id LIMIT 3",
