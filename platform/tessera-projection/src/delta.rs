@@ -172,10 +172,25 @@ pub async fn append(
     position: i64,
     contract_version: &str,
 ) -> Result<DeltaTable, Error> {
+    append_keyed(table, url, batches, &[], app_id, position, contract_version).await
+}
+
+/// [`append`] into a table with a key (an upsert table's first rows): the
+/// files get a bloom filter on the key.
+async fn append_keyed(
+    table: DeltaTable,
+    url: &Url,
+    batches: Vec<RecordBatch>,
+    key: &[ColumnName],
+    app_id: &str,
+    position: i64,
+    contract_version: &str,
+) -> Result<DeltaTable, Error> {
     let _changed = Changed;
     table
         .write(batches)
         .with_save_mode(SaveMode::Append)
+        .with_writer_properties(layout(key))
         .with_commit_properties(commit_properties(app_id, position, contract_version))
         .await
         .map_err(delta(url))
@@ -195,6 +210,7 @@ pub async fn overwrite(
     table
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)
+        .with_writer_properties(layout(&[]))
         .with_commit_properties(commit_properties(app_id, position, contract_version))
         .await
         .map_err(delta(url))
@@ -266,38 +282,39 @@ pub async fn compact(table: DeltaTable, url: &Url, key: &[ColumnName]) -> Result
     // key's order; on several, their interleaving), so that each file and
     // row group holds a narrow range of keys and a lookup by key prunes to
     // one of each. Compaction without a key keeps the rows' order.
-    let key: Vec<String> = key.iter().map(|c| c.as_str().to_owned()).collect();
     let kind = if key.is_empty() {
         deltalake::operations::optimize::OptimizeType::Compact
     } else {
-        deltalake::operations::optimize::OptimizeType::ZOrder(key.clone())
+        deltalake::operations::optimize::OptimizeType::ZOrder(key.iter().map(|c| c.as_str().to_owned()).collect())
     };
-    let (table, metrics) = table.optimize().with_type(kind).with_writer_properties(layout(&key)).await.map_err(delta(url))?;
+    let (table, metrics) = table.optimize().with_type(kind).with_writer_properties(layout(key)).await.map_err(delta(url))?;
     let report = serde_json::json!({"files_added": metrics.num_files_added, "files_removed": metrics.num_files_removed});
     Ok((table, report))
 }
 
-/// Rows per row group of a compacted file: small enough that a lookup by
-/// key reads one group of a file, not the whole file.
+/// Rows per row group of every file the projector writes: small enough
+/// that a lookup by key reads one group of a file, not the whole file
+/// (DuckDB's own row groups hold 122,880 rows).
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Rows per data page: the page index then narrows a lookup further.
 pub const PAGE_ROWS: usize = 4 * 1024;
 
-/// How compaction writes Parquet: zstd as delta-rs does, row groups of
+/// How the projector writes Parquet (appends, merges, overwrites and
+/// compaction): snappy (cheap to decompress for lookups), row groups of
 /// [`ROW_GROUP_ROWS`], pages of at most [`PAGE_ROWS`] rows with their
 /// statistics in the page index, and a bloom filter on each key column.
-fn layout(key: &[String]) -> deltalake::parquet::file::properties::WriterProperties {
-    use deltalake::parquet::basic::{Compression, ZstdLevel};
+fn layout(key: &[ColumnName]) -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::basic::Compression;
     use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
     use deltalake::parquet::schema::types::ColumnPath;
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Page);
     for column in key {
-        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
+        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str().to_owned()), true);
     }
     builder.build()
 }
@@ -414,7 +431,7 @@ pub async fn merge(
         // Nothing to match: the rows the fold creates, appended. (Every one
         // is complete; a delete of a row that is not there changes nothing.)
         let Some(rows) = changes.rows(&name, schema, key)? else { return mark(table, url, app_id, position, contract_version).await };
-        return append(table, url, vec![rows], app_id, position, contract_version).await;
+        return append_keyed(table, url, vec![rows], key, app_id, position, contract_version).await;
     }
     let source = changes.merge_source(&name, schema, key)?;
     let is_key = |c: &str| key.iter().any(|k| k.as_str() == c);
@@ -428,6 +445,7 @@ pub async fn merge(
         .merge(source, on.as_str())
         .with_source_alias("source")
         .with_target_alias("target")
+        .with_writer_properties(layout(key))
         .with_commit_properties(commit_properties(app_id, position, contract_version))
         .when_matched_delete(|d| d.predicate(format!("source.{OP} = 'delete'").as_str()))
         .map_err(delta(url))?

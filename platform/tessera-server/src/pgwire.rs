@@ -68,6 +68,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut stop:
                 continue;
             }
         };
+        // Replies are several writes: send each at once (see `crate::serve`).
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY on a PostgreSQL connection");
+        }
         let conn = Arc::new(Conn { state: state.clone(), session: OnceLock::new(), last_tables: Arc::default() });
         let handlers = Handlers { startup: Arc::new(TokenStartup { conn: Arc::clone(&conn) }), query: Arc::new(Queries::new(conn)) };
         tokio::spawn(async move {
