@@ -300,10 +300,15 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Rows per data page: the page index then narrows a lookup further.
 pub const PAGE_ROWS: usize = 4 * 1024;
 
+/// The largest dictionary page of a column chunk (parquet's default: 1 MiB).
+pub const DICTIONARY_PAGE_BYTES: usize = 64 * 1024;
+
 /// How the projector writes Parquet (appends, merges, overwrites and
 /// compaction): snappy (cheap to decompress for lookups), row groups of
 /// [`ROW_GROUP_ROWS`], pages of at most [`PAGE_ROWS`] rows with their
-/// statistics in the page index, and a bloom filter on each key column.
+/// statistics in the page index, dictionaries of at most
+/// [`DICTIONARY_PAGE_BYTES`], and each key column with a bloom filter and
+/// without a dictionary (its values are distinct).
 fn layout(key: &[ColumnName]) -> deltalake::parquet::file::properties::WriterProperties {
     use deltalake::parquet::basic::Compression;
     use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -312,9 +317,14 @@ fn layout(key: &[ColumnName]) -> deltalake::parquet::file::properties::WriterPro
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(PAGE_ROWS)
-        .set_statistics_enabled(EnabledStatistics::Page);
+        .set_statistics_enabled(EnabledStatistics::Page)
+        // A column of mostly distinct values (keys, ids, sealed tokens)
+        // falls back to plain encoding early: its dictionary page would be
+        // read and decompressed whole for any one row of the row group.
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES);
     for column in key {
-        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str().to_owned()), true);
+        let path = ColumnPath::from(column.as_str().to_owned());
+        builder = builder.set_column_bloom_filter_enabled(path.clone(), true).set_column_dictionary_enabled(path, false);
     }
     builder.build()
 }

@@ -424,7 +424,7 @@ async fn a_minor_version_that_adds_a_column_evolves_the_table_in_place() {
 /// Compaction rewrites an upsert table in key order (so that a lookup by
 /// key prunes to one file and row group), in row groups of at most
 /// [`tessera_projection::delta::ROW_GROUP_ROWS`] rows with a bloom filter
-/// on the key, and changes no row.
+/// and no dictionary on the key, and changes no row.
 #[tokio::test]
 async fn compaction_writes_upsert_tables_in_key_order() {
     use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
@@ -459,6 +459,8 @@ async fn compaction_writes_upsert_tables_in_key_order() {
         for group in meta.row_groups() {
             assert!(group.num_rows() as usize <= tessera_projection::delta::ROW_GROUP_ROWS);
             assert!(group.column(key).bloom_filter_offset().is_some(), "no bloom filter on the key in {uri}");
+            // Distinct values: no dictionary page to read for one row.
+            assert!(group.column(key).dictionary_page_offset().is_none(), "a dictionary on the key in {uri}");
             // Key order: each row group starts at or after the previous one's largest key.
             let stats = group.column(key).statistics().expect("key statistics");
             let (min, max) = (stats.min_bytes_opt().expect("min").to_vec(), stats.max_bytes_opt().expect("max").to_vec());
