@@ -153,7 +153,6 @@ const KEPT_VERSIONS: usize = 64;
 #[derive(Debug, Clone)]
 struct Snapshot {
     table: DeltaTable,
-    table_version: Option<u64>,
     provider: Arc<dyn TableProvider>,
     /// When the table's log was last looked at.
     checked: Instant,
@@ -338,10 +337,11 @@ impl Catalog {
         }
         let checked = Instant::now();
         let table = match cached {
-            Some(Snapshot { mut table, table_version, provider, .. }) => {
+            Some(Snapshot { mut table, provider, .. }) => {
+                let before = table.version();
                 table.update_incremental(None).await.map_err(delta_error)?;
-                if table.version() == table_version {
-                    self.keep(url, Snapshot { table, table_version, provider: Arc::clone(&provider), checked, changes });
+                if table.version() == before {
+                    self.keep(url, Snapshot { table, provider: Arc::clone(&provider), checked, changes });
                     return Ok(Some(provider));
                 }
                 table
@@ -361,7 +361,7 @@ impl Catalog {
             }
         };
         let provider = table.table_provider().await?;
-        self.keep(url, Snapshot { table_version: table.version(), table, provider: Arc::clone(&provider), checked, changes });
+        self.keep(url, Snapshot { table, provider: Arc::clone(&provider), checked, changes });
         Ok(Some(provider))
     }
 
@@ -389,7 +389,7 @@ impl Catalog {
     fn keep(&self, url: &Url, snapshot: Snapshot) {
         if let Ok(mut t) = self.tables.lock() {
             match t.get(url) {
-                Some(kept) if kept.table_version > snapshot.table_version => {}
+                Some(kept) if kept.table.version() > snapshot.table.version() => {}
                 _ => {
                     t.insert(url.clone(), snapshot);
                 }

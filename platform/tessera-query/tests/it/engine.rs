@@ -310,11 +310,12 @@ async fn late_masking_changes_no_result() {
     assert_eq!(rows(&late, &analyst(), recursive).await, vec!["0|1", "1|3", "2|9"]);
     assert_eq!(rows(&plain, &analyst(), recursive).await, vec!["0|1", "1|3", "2|9"]);
     // What moved below the mask, as the plan tells it.
-    let explain = |sql: &str| {
+    let plan_as = |who: Principal, sql: &str| {
         let sql = format!("EXPLAIN {sql}");
         let late = late.clone();
-        async move { rows(&late, &analyst(), &sql).await.join("\n") }
+        async move { rows(&late, &who, &sql).await.join("\n") }
     };
+    let explain = |sql: &str| plan_as(analyst(), sql);
     let top = explain("SELECT * FROM customers.profiles.profiles ORDER BY registered_at DESC, customer_id LIMIT 3").await;
     assert!(top.contains("before masking=[TopK(fetch=3)]"), "{top}");
     let filtered = explain("SELECT email FROM customers.profiles.profiles WHERE country = 'GB' ORDER BY customer_id LIMIT 3").await;
@@ -334,10 +335,7 @@ async fn late_masking_changes_no_result() {
     }
     // A sealed column never moves, even for a steward who reads it in the
     // clear: what is stored are tokens, opened only by the mask.
-    let steward_plan = |sql: &'static str| {
-        let late = late.clone();
-        async move { rows(&late, &steward(), &format!("EXPLAIN {sql}")).await.join("\n") }
-    };
+    let steward_plan = |sql: &str| plan_as(steward(), sql);
     let plan = steward_plan("SELECT customer_id FROM customers.profiles.profiles ORDER BY customer_id LIMIT 3").await;
     assert!(plan.contains("before masking=[TopK(fetch=3)]"), "{plan}");
     let plan = steward_plan("SELECT customer_id FROM customers.profiles.profiles ORDER BY email, customer_id LIMIT 3").await;
