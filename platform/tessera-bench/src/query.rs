@@ -440,16 +440,28 @@ fn load_test(args: &Args, base: &str, dir: &Path) -> Result<Load> {
     })
 }
 
-/// pgbench's script: point lookups of random orders, the key built by SQL
-/// (pgbench only draws numbers); constant folding makes it a literal.
-const PGBENCH_SCRIPT: &str =
-    "\\set id random(0, ORDERS)\nSELECT * FROM sales.orders.orders WHERE order_id = 'SO-' || lpad(CAST(:id AS VARCHAR), 8, '0');\n";
+/// pgbench's script: point lookups of random orders, the same statement
+/// as wrk's. pgbench draws numbers only and substitutes `:id` as text, so
+/// the key's zero padding is chosen by the number's digits.
+fn pgbench_script(orders: usize) -> String {
+    let lookup = |digits: usize| format!("SELECT * FROM sales.orders.orders WHERE order_id = 'SO-{}:id';\n", "0".repeat(8 - digits));
+    let mut script = format!("\\set id random(0, {})\n", orders.saturating_sub(1));
+    for digits in 1..8 {
+        let keyword = if digits == 1 { "if" } else { "elif" };
+        script.push_str(&format!("\\{keyword} :id < {}\n", 10u64.pow(digits as u32)));
+        script.push_str(&lookup(digits));
+    }
+    script.push_str("\\else\n");
+    script.push_str(&lookup(8));
+    script.push_str("\\endif\n");
+    script
+}
 
 /// The point lookups over the PostgreSQL protocol with pgbench, latencies
 /// from its per-transaction log.
 fn pg_load_test(args: &Args, pg: &str, dir: &Path) -> Result<Load> {
     let script = dir.join("point-lookup.sql");
-    std::fs::write(&script, PGBENCH_SCRIPT.replace("ORDERS", &(args.orders.saturating_sub(1)).to_string()))?;
+    std::fs::write(&script, pgbench_script(args.orders))?;
     let (host, port) = pg.rsplit_once(':').context("the PostgreSQL protocol's address")?;
     let logs = dir.join("pgbench-logs");
     std::fs::create_dir_all(&logs)?;

@@ -327,13 +327,18 @@ impl Catalog {
     /// and otherwise at most every [`SNAPSHOT_POLL`] (changes made by other
     /// processes), so that a query does not list every table's log.
     async fn latest(&self, url: &Url) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.snapshot(url).await?.map(|s| s.provider))
+    }
+
+    /// [`Catalog::latest`], with the Delta table it was opened from.
+    async fn snapshot(&self, url: &Url) -> Result<Option<Snapshot>> {
         let changes = tessera_projection::delta::changes();
         let cached = self.tables.lock().ok().and_then(|t| t.get(url).cloned());
         if let Some(s) = &cached
             && s.changes == changes
             && s.checked.elapsed() < SNAPSHOT_POLL
         {
-            return Ok(Some(Arc::clone(&s.provider)));
+            return Ok(cached);
         }
         let checked = Instant::now();
         let table = match cached {
@@ -341,8 +346,9 @@ impl Catalog {
                 let before = table.version();
                 table.update_incremental(None).await.map_err(delta_error)?;
                 if table.version() == before {
-                    self.keep(url, Snapshot { table, provider: Arc::clone(&provider), checked, changes });
-                    return Ok(Some(provider));
+                    let snapshot = Snapshot { table, provider, checked, changes };
+                    self.keep(url, snapshot.clone());
+                    return Ok(Some(snapshot));
                 }
                 table
             }
@@ -361,8 +367,9 @@ impl Catalog {
             }
         };
         let provider = table.table_provider().await?;
-        self.keep(url, Snapshot { table, provider: Arc::clone(&provider), checked, changes });
-        Ok(Some(provider))
+        let snapshot = Snapshot { table, provider, checked, changes };
+        self.keep(url, snapshot.clone());
+        Ok(Some(snapshot))
     }
 
     /// Version `version` of the table at `url`, kept for the next query that
@@ -442,6 +449,40 @@ impl Catalog {
         };
         // Published but not projected yet: no rows, the contract's columns.
         let raw: Arc<dyn TableProvider> = raw.unwrap_or_else(|| Arc::new(EmptyTable::new(Arc::new(table_schema(spec)))));
+        Ok(Some(Arc::new(self.mask(generation, table, spec, raw, roles)?)))
+    }
+
+    /// The newest version of a generation's stored (not derived) table
+    /// `table`, as a caller with `roles` sees it, with the Delta table it
+    /// was opened from and where that is; `None` if there is no such table
+    /// or it has no version yet.
+    pub(crate) async fn latest_masked(
+        &self,
+        generation: &Arc<Generation>,
+        table: &str,
+        roles: &[Role],
+    ) -> Result<Option<(Url, DeltaTable, MaskedTable)>> {
+        let Some(spec) = generation.contract.tables.iter().find(|(n, _)| n.as_str() == table).map(|(_, t)| t) else {
+            return Ok(None);
+        };
+        if generation.lineage.is_view(table) {
+            return Ok(None);
+        }
+        let url = self.warehouse.table_url(&generation.domain, &generation.product, generation.major, table);
+        let Some(snapshot) = self.snapshot(&url).await? else { return Ok(None) };
+        let masked = self.mask(generation, table, spec, snapshot.provider, roles)?;
+        Ok(Some((url, snapshot.table, masked)))
+    }
+
+    /// A stored table's `raw` provider masked for a caller with `roles`.
+    fn mask(
+        &self,
+        generation: &Arc<Generation>,
+        table: &str,
+        spec: &tessera_contract::model::Table,
+        raw: Arc<dyn TableProvider>,
+        roles: &[Role],
+    ) -> Result<MaskedTable> {
         let policy = self.policy();
         let live_columns =
             generation.live_contract.as_ref().and_then(|c| c.tables.iter().find(|(n, _)| n.as_str() == table)).map(|(_, t)| t);
@@ -472,7 +513,7 @@ impl Catalog {
             .collect();
         let name = format!("{}.{}.{}", generation.domain, generation.schema_name(), table);
         let unsealer = Some(Unsealer { store: self.store.clone(), domain: generation.domain.clone() });
-        Ok(Some(Arc::new(MaskedTable::new(name, raw, columns, self.key.for_domain(&generation.domain), unsealer)?)))
+        MaskedTable::new(name, raw, columns, self.key.for_domain(&generation.domain), unsealer)
     }
 }
 

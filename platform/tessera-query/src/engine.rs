@@ -15,10 +15,13 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig};
 use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt as _;
+use tessera_contract::model::Projection;
 use tessera_projection::Warehouse;
 use tessera_store::{Principal, QueryRecord, Store};
 use tokio::time::Instant;
@@ -26,6 +29,7 @@ use tokio::time::Instant;
 use crate::admission::{Admission, Concurrency, Permit};
 use crate::audit::Auditor;
 use crate::catalog::{At, CallerCatalogs, Catalog};
+use crate::lookup::Indexes;
 use crate::mask::HashKey;
 use crate::sandbox::{self, AS_OF, AsOf, Bounds, Refusal};
 use crate::table::MaskedScanExec;
@@ -161,6 +165,22 @@ pub struct Engine {
     /// pool on top. `None` if it could not be built (each query then
     /// builds its own, as a fallback).
     runtime: Option<Arc<RuntimeEnv>>,
+    /// Whether key lookups are answered from the serving index
+    /// ([`crate::lookup`]); off only to compare the two paths.
+    key_lookups: bool,
+    indexes: Arc<Indexes>,
+    /// Key lookups answered from the serving index so far.
+    answered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A key lookup's answer ([`Engine::lookup`]).
+#[derive(Debug)]
+pub struct Looked {
+    pub schema: SchemaRef,
+    /// The rows; `None` when there are none.
+    pub batch: Option<RecordBatch>,
+    /// The table read, as `domain.product.table`.
+    pub table: String,
 }
 
 impl Engine {
@@ -176,7 +196,124 @@ impl Engine {
             .build_arc()
             .inspect_err(|e| tracing::warn!(error = %e, "queries share no Parquet metadata cache"))
             .ok();
-        Self { catalog: Arc::new(catalog), limits, auditor, admission, late_masking: true, runtime }
+        Self {
+            catalog: Arc::new(catalog),
+            limits,
+            auditor,
+            admission,
+            late_masking: true,
+            runtime,
+            key_lookups: true,
+            indexes: Arc::new(Indexes::default()),
+            answered: Arc::default(),
+        }
+    }
+
+    /// The same engine with key lookups ([`crate::lookup`]) answered from
+    /// the serving index, or always planned.
+    pub fn with_key_lookups(mut self, on: bool) -> Self {
+        self.key_lookups = on;
+        self
+    }
+
+    /// The answer to `statement` if it is a key lookup that the serving
+    /// index can answer now, as the general path would (the same masks);
+    /// `None` sends it to the general path. Neither admits nor audits.
+    pub async fn lookup(&self, principal: &Principal, statement: &Statement) -> Option<Looked> {
+        if !self.key_lookups {
+            return None;
+        }
+        let lookup = crate::lookup::recognize(statement)?;
+        let generations = self.catalog.generations().await.ok()?;
+        let generation = generations.iter().find(|g| g.domain == lookup.domain && g.schema_name() == lookup.schema)?;
+        let spec = generation.contract.tables.iter().find(|(n, _)| n.as_str() == lookup.table).map(|(_, t)| t)?;
+        let Projection::Upsert { key, .. } = &spec.projection else { return None };
+        // Every key column exactly once, and nothing else.
+        if lookup.keys.len() != key.len() {
+            return None;
+        }
+        let mut values = Vec::with_capacity(key.len());
+        for k in key {
+            let [(_, v)] = lookup.keys.iter().filter(|(c, _)| c == k.as_str()).collect::<Vec<_>>()[..] else { return None };
+            values.push(v);
+        }
+        let roles = crate::catalog::roles_for(principal, &generation.domain);
+        let (url, delta, table) = self.catalog.latest_masked(generation, &lookup.table, &roles).await.ok()??;
+        let schema = table.schema();
+        let mut key_fields = Vec::with_capacity(key.len());
+        for k in key {
+            // A key the caller does not see as stored: the general path (which masks, or says why not).
+            let i = schema.index_of(k.as_str()).ok().filter(|i| table.is_clear(*i))?;
+            key_fields.push(table.raw_field(i)?);
+        }
+        let types: Vec<DataType> = key_fields.iter().map(|f| f.data_type().clone()).collect();
+        let key_values = crate::lookup::key_columns(&values, &types)?;
+        let chosen: Vec<(usize, String)> = match &lookup.columns {
+            None => schema.fields().iter().enumerate().map(|(i, f)| (i, f.name().clone())).collect(),
+            Some(columns) => columns.iter().map(|(c, out)| schema.index_of(c).ok().map(|i| (i, out.clone()))).collect::<Option<_>>()?,
+        };
+        let names: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+        let index = self.indexes.get(&url, &delta, &names, &types)?;
+        // The stored columns to read: those chosen, and the key.
+        let mut read: Vec<arrow::datatypes::FieldRef> = Vec::new();
+        for f in chosen.iter().map(|(i, _)| table.raw_field(*i)).chain(key_fields.iter().cloned().map(Some)) {
+            let f = f?;
+            if !read.iter().any(|r| r.name() == f.name()) {
+                read.push(f);
+            }
+        }
+        let read = Arc::new(arrow::datatypes::Schema::new(read));
+        let rows = match index.rows(self.indexes.hasher(), &key_values, &read).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::debug!(table = %table.name(), error = %e, "a key lookup takes the general path");
+                return None;
+            }
+        };
+        let indices: Vec<usize> = chosen.iter().map(|(i, _)| *i).collect();
+        let output = crate::lookup::output_schema(
+            indices.iter().zip(&chosen).map(|(i, (_, name))| (Arc::clone(&schema.fields()[*i]), name.as_str())).collect(),
+        );
+        let batch = match rows {
+            None => None,
+            Some(rows) => {
+                let rows = match lookup.limit {
+                    Some(0) => {
+                        self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Some(Looked { schema: output, batch: None, table: table.name().to_owned() });
+                    }
+                    Some(n) if n < rows.num_rows() => rows.slice(0, n),
+                    _ => rows,
+                };
+                let stored = chosen
+                    .iter()
+                    .map(|(i, _)| table.raw_field(*i).and_then(|f| rows.column_by_name(f.name()).cloned()))
+                    .collect::<Option<Vec<_>>>()?;
+                let stored = RecordBatch::try_new_with_options(
+                    Arc::new(arrow::datatypes::Schema::new(chosen.iter().map(|(i, _)| table.raw_field(*i)).collect::<Option<Vec<_>>>()?)),
+                    stored,
+                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+                )
+                .ok()?;
+                let masked = match table.mask_chosen(&indices, &stored).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(table = %table.name(), error = %e, "a key lookup takes the general path");
+                        return None;
+                    }
+                };
+                // The output names (aliases) on the masked columns.
+                let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(masked.num_rows()));
+                Some(RecordBatch::try_new_with_options(Arc::clone(&output), masked.columns().to_vec(), &options).ok()?)
+            }
+        };
+        self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Looked { schema: output, batch, table: table.name().to_owned() })
+    }
+
+    /// How many key lookups the serving index answered (the others were planned).
+    pub fn lookups_answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same engine with late masking ([`crate::late`]) on or off.
@@ -241,6 +378,19 @@ impl Engine {
             }
         };
         let deadline = audit.started + self.limits.timeout;
+        if self.key_lookups
+            && let Some(statement) = crate::lookup::parse(sql)
+        {
+            match tokio::time::timeout_at(deadline, self.lookup(principal, &statement)).await {
+                Ok(Some(looked)) => return Ok(self.ready(looked, deadline, audit).holding(permit)),
+                Ok(None) => {}
+                Err(_) => {
+                    let e = timeout(&self.limits);
+                    audit.finish(0, Vec::new(), Err(&e));
+                    return Err(e);
+                }
+            }
+        }
         let planned = tokio::time::timeout_at(deadline, async {
             let checked = self.check(sql).await?;
             let session = self.session(principal).await?;
@@ -254,6 +404,23 @@ impl Engine {
                 audit.finish(0, Vec::new(), Err(&e));
                 Err(e)
             }
+        }
+    }
+
+    /// The rows of a key lookup, under the same row limit and audit as a planned query's.
+    fn ready(&self, looked: Looked, deadline: Instant, audit: Audit) -> Rows {
+        let stream = futures::stream::iter(looked.batch.map(Ok));
+        Rows {
+            schema: Arc::clone(&looked.schema),
+            stream: Box::pin(RecordBatchStreamAdapter::new(looked.schema, stream)),
+            deadline,
+            max_rows: self.limits.max_rows,
+            rows: 0,
+            truncated: false,
+            tables: vec![looked.table],
+            audit: Some(audit),
+            engine: self.clone(),
+            permit: None,
         }
     }
 

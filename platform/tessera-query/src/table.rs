@@ -114,6 +114,36 @@ impl MaskedTable {
         &self.name
     }
 
+    /// Whether served column `i` is served exactly as stored: not masked,
+    /// not sealed, of the stored type.
+    pub(crate) fn is_clear(&self, i: usize) -> bool {
+        self.columns.get(i).is_some_and(|c| {
+            c.mask == Mask::Clear
+                && c.sealed.is_none()
+                && self.raw_field(i).zip(self.schema.fields().get(i)).is_some_and(|(r, s)| r.data_type() == s.data_type())
+        })
+    }
+
+    /// The stored field of served column `i`.
+    pub(crate) fn raw_field(&self, i: usize) -> Option<arrow::datatypes::FieldRef> {
+        self.raw.schema().fields().get(self.columns.get(i)?.raw_index).cloned()
+    }
+
+    /// Masks `raw`, stored rows of the served columns `chosen` (in that
+    /// order), as the scan masks them.
+    pub(crate) async fn mask_chosen(&self, chosen: &[usize], raw: &RecordBatch) -> Result<RecordBatch> {
+        let masks: Vec<ColumnMask> = chosen
+            .iter()
+            .map(|i| {
+                let c = self.columns.get(*i).ok_or_else(|| DataFusionError::Internal(format!("table {} has no column {i}", self.name)))?;
+                Ok(ColumnMask { mask: c.mask.clone(), sealed: c.sealed.clone() })
+            })
+            .collect::<Result<_>>()?;
+        let out = Arc::new(self.schema.project(chosen)?);
+        let mut opener = self.unsealer.as_ref().map(|u| u.store.opener(&u.domain));
+        mask_batch(raw, &masks, &self.key, opener.as_mut(), &out).await
+    }
+
     /// Whether a filter reads only columns served in the clear.
     fn reads_only_clear(&self, filter: &Expr) -> bool {
         let mut only_clear = true;

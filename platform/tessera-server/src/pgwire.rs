@@ -23,6 +23,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
@@ -37,7 +38,7 @@ use pgwire::api::auth::{
 };
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, METADATA_USER, PgWireConnectionState, PgWireServerHandlers, Type};
@@ -302,6 +303,19 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// A key lookup answered without a plan ([`tessera_query::lookup`]),
+    /// under the query time limit; `None` for the general path.
+    async fn lookup(&self, statement: &Statement) -> Option<tessera_query::Looked> {
+        let engine = self.session.engine();
+        let looked = tokio::time::timeout(engine.limits().timeout, engine.lookup(self.session.principal(), statement)).await.ok()??;
+        if let Ok(mut tables) = self.tables.lock() {
+            *tables = vec![looked.table.clone()];
+        }
+        Some(looked)
+    }
+}
+
 #[async_trait]
 impl QueryHook for Sandbox {
     async fn handle_simple_query(
@@ -315,10 +329,15 @@ impl QueryHook for Sandbox {
             Kind::Refused(m) => Some(Err(error("ERROR", "25006", m))),
             Kind::Read => Some(
                 async {
+                    let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                    if let Some(looked) = self.lookup(statement).await {
+                        let fields = Arc::new(arrow_schema_to_pg_fields(&looked.schema, &Format::UnifiedText, Some(options))?);
+                        let rows = looked.batch.map(|batch| encode_recordbatch(Arc::clone(&fields), batch)).into_iter().flatten();
+                        return Ok(Response::Query(QueryResponse::new(fields, futures::stream::iter(rows))));
+                    }
                     let plan = self.plan(statement, context).await.map_err(|e| query_error(&e))?;
                     let engine = self.session.engine();
                     let frame = context.execute_logical_plan(plan).await.map_err(|e| query_error(&engine.error(e)))?;
-                    let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                     // Physical planning happens here: its errors are classified and scrubbed like the rest.
                     let encoded = encode_dataframe(frame, &Format::UnifiedText, Some(options)).await.map_err(|e| scrubbed(engine, e))?;
                     Ok(Response::Query(encoded))

@@ -129,6 +129,20 @@ pub(crate) async fn post_sql(
     })?;
     let started = std::time::Instant::now();
     let mut rows = engine.query(&caller, "http", &request.sql).await.map_err(|e| query_error(&e))?;
+    if format == Format::Csv
+        && let Some(nested) = rows.schema().fields().iter().find(|f| f.data_type().is_nested())
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "csv_nested_column",
+            format!(
+                "column `{}` is a {} and CSV holds flat values only: select its fields (`{}['…']`) or ask for JSON, Arrow or Parquet",
+                nested.name(),
+                nested.data_type(),
+                nested.name()
+            ),
+        ));
+    }
     // The first batch before the status line: most failures (limits,
     // runtime errors) happen before any row and deserve a 4xx.
     let first = match rows.next().await {
@@ -142,6 +156,7 @@ pub(crate) async fn post_sql(
         let writer = ChunkWriter { tx: tx.clone(), buffer: Vec::with_capacity(CHUNK), deadline: rows.deadline() };
         let outcome = write_result(writer, rows, first, format, started).await;
         if let Err(e) = outcome {
+            tracing::debug!(error = %e, "a query result ended before its last row");
             // Ends the body abruptly: the client sees an incomplete response, never a silently short one.
             let _ = tx.send(Err(std::io::Error::other(e))).await;
         }
@@ -200,6 +215,27 @@ impl Write for ChunkWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// `batch` with its string and binary views holding only their own
+/// values: a view array cut from a larger one (a filtered page) still
+/// points into that page's buffers, which the IPC format would send whole.
+/// Compacted, a result's bytes depend on its values only.
+fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, String> {
+    use arrow::array::{Array as _, AsArray as _};
+    if !batch.columns().iter().any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView)) {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as arrow::array::ArrayRef,
+            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as arrow::array::ArrayRef,
+            _ => Arc::clone(c),
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns).map_err(|e| e.to_string())
 }
 
 /// A shared buffer for writers that take ownership of their sink (Arrow
@@ -290,7 +326,7 @@ impl Encoder {
             Self::Json { first_row, options } => json_rows(batch, options, first_row, out),
             Self::Csv => arrow::csv::WriterBuilder::new().with_header(false).build(&mut *out).write(batch).map_err(|e| e.to_string()),
             Self::Arrow { writer, sink } => {
-                writer.write(batch).map_err(|e| e.to_string())?;
+                writer.write(&compact_views(batch)?).map_err(|e| e.to_string())?;
                 out.extend(sink.take());
                 Ok(())
             }

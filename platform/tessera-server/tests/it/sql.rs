@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::on_both;
-use crate::support::{ANALYST, CUSTOMERS, STEWARD, TestServer, in_ci};
+use crate::support::{ANALYST, CLINIC, CUSTOMERS, STEWARD, TestServer, in_ci};
 
 const PROFILES_CONTRACT: &str = include_str!("../../../../products/customers-profiles/contract.yaml");
 const PROFILES_EVENTS: &str = include_str!("../../../../products/customers-profiles/events.ndjson");
@@ -71,7 +71,15 @@ fn psql(server: &TestServer, user: &str, token: &str, query: &str) -> Option<(bo
     }
 }
 
-on_both!(results_come_in_every_format, errors_are_clear_4xx, the_audit_log_is_for_stewards, red_team, pg_clients_connect_and_query);
+on_both!(
+    results_come_in_every_format,
+    errors_are_clear_4xx,
+    the_audit_log_is_for_stewards,
+    red_team,
+    pg_clients_connect_and_query,
+    key_lookups_answer_as_the_general_path_does,
+    a_key_the_caller_sees_masked_is_never_looked_up
+);
 
 async fn results_come_in_every_format(server: &TestServer) {
     load_customers(server).await;
@@ -427,4 +435,265 @@ with psycopg.connect(host="127.0.0.1", port=port, user=user, password=token, dbn
         Err(e) if in_ci() => panic!("psycopg needs a Python under CI=true: {e}"),
         Err(e) => eprintln!("skipping psycopg: {e}"),
     }
+}
+
+/// A query's status and body bytes, in the format `accept` asks for.
+async fn answer(server: &TestServer, token: Option<&str>, accept: &str, query: &str) -> (u16, Vec<u8>) {
+    let mut request = server.http.post(server.url("/api/v1/sql")).header("accept", accept).json(&json!({ "sql": query }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    (response.status().as_u16(), response.bytes().await.unwrap_or_else(|e| panic!("{query} in {accept}: {e}")).to_vec())
+}
+
+/// A result body as text: an Arrow stream decoded (schema and rows).
+fn shown(format: &str, body: &[u8]) -> String {
+    if format != "application/vnd.apache.arrow.stream" {
+        return String::from_utf8_lossy(body).into_owned();
+    }
+    match arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body.to_vec()), None) {
+        Ok(reader) => {
+            let schema = reader.schema();
+            let batches: Vec<String> = reader.map(|b| format!("{b:?}")).collect();
+            format!("{schema:#?}\n{}", batches.join("\n"))
+        }
+        Err(e) => format!("not an Arrow stream: {e}"),
+    }
+}
+
+/// A body without its timing (`"elapsed_ms": …` of a JSON result).
+fn untimed(body: Vec<u8>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    match text.find("\"elapsed_ms\":") {
+        Some(at) => {
+            let end = text[at..].find([',', '}']).map_or(text.len(), |e| at + e);
+            format!("{}{}", &text[..at], &text[end..]).into_bytes()
+        }
+        None => body,
+    }
+}
+
+/// Asks a sample of key lookups twice, as a lookup (answered from the
+/// serving index: the engine's count says so) and in a form the lookup
+/// path does not take (`WHERE (key = …)`, planned), and compares the bytes.
+async fn same_answers(server: &TestServer, keys: &[String], samples: usize, seed: u64) {
+    let selects = ["*", "customer_id, email, full_name", "national_id AS id, customer_id", "COUNTRY, \"customer_id\", signup_ip"];
+    let limits = ["", " LIMIT 1", " LIMIT 0"];
+    let callers = [None, Some(ANALYST), Some(STEWARD), Some(CUSTOMERS)];
+    let formats = ["application/json", "text/csv", "application/vnd.apache.arrow.stream"];
+    let mut state = seed;
+    let mut next = |n: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        usize::try_from(state >> 33).unwrap_or(0) % n
+    };
+    for _ in 0..samples {
+        let (key, select, limit) = (&keys[next(keys.len())], selects[next(selects.len())], limits[next(limits.len())]);
+        let (caller, format) = (callers[next(callers.len())], formats[next(formats.len())]);
+        let lookup = format!("SELECT {select} FROM customers.profiles.profiles WHERE customer_id = '{key}'{limit}");
+        let planned = format!("SELECT {select} FROM customers.profiles.profiles WHERE (customer_id = '{key}'){limit}");
+        // A new table version (the projector's maintenance) is indexed in
+        // the background: lookups take the general path meanwhile.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let fast = loop {
+            let before = server.engine.lookups_answered();
+            let (status, fast) = answer(server, caller, format, &lookup).await;
+            // CSV holds no nested column (`address`): refused, on both paths alike.
+            let refused = format == "text/csv" && select == "*";
+            assert_eq!(status, if refused { 406 } else { 200 }, "{lookup}: {}", String::from_utf8_lossy(&fast));
+            if server.engine.lookups_answered() == before + 1 {
+                break (status, fast);
+            }
+            assert!(std::time::Instant::now() < deadline, "not answered from the serving index within 30 s: {lookup} as {caller:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let before = server.engine.lookups_answered();
+        let (fast_status, fast) = fast;
+        let (status, slow) = answer(server, caller, format, &planned).await;
+        assert_eq!(status, fast_status, "{planned}: {}", String::from_utf8_lossy(&slow));
+        assert_eq!(server.engine.lookups_answered(), before, "answered from the serving index: {planned}");
+        assert!(
+            untimed(fast.clone()) == untimed(slow.clone()),
+            "{lookup} as {caller:?} in {format}:\n{}\nplanned:\n{}",
+            shown(format, &fast),
+            shown(format, &slow)
+        );
+    }
+    // The PostgreSQL protocol: the same rows, the same text.
+    for (user, token) in [("analyst", ANALYST), ("steward", STEWARD), ("customers-owner", CUSTOMERS)] {
+        for _ in 0..3 {
+            let (key, select) = (&keys[next(keys.len())], selects[next(selects.len())]);
+            let lookup = format!("SELECT {select} FROM customers.profiles.profiles WHERE customer_id = '{key}'");
+            let planned = format!("SELECT {select} FROM customers.profiles.profiles WHERE (customer_id = '{key}')");
+            index_ready(server, key).await;
+            let before = server.engine.lookups_answered();
+            let Some((ok, fast, err)) = psql(server, user, token, &lookup) else { return };
+            assert!(ok, "{lookup}: {err}");
+            assert_eq!(server.engine.lookups_answered(), before + 1, "not answered from the serving index over pgwire: {lookup}");
+            let Some((ok, slow, err)) = psql(server, user, token, &planned) else { return };
+            assert!(ok, "{planned}: {err}");
+            assert_eq!(fast, slow, "{lookup} as {user} over the PostgreSQL protocol");
+        }
+    }
+}
+
+/// Waits until the serving index answers lookups on the table's current version.
+async fn index_ready(server: &TestServer, key: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let lookup = format!("SELECT customer_id FROM customers.profiles.profiles WHERE customer_id = '{key}'");
+    loop {
+        let before = server.engine.lookups_answered();
+        let (status, body) = sql(server, Some(ANALYST), &lookup).await;
+        assert_eq!(status, 200, "{body}");
+        if server.engine.lookups_answered() > before {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the serving index did not answer within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Key lookups are answered from the serving index without a plan, and
+/// give the bytes the general path gives: for a sample of keys (present,
+/// absent, of another case, deleted customers), column lists, aliases,
+/// limits and callers (public, analyst, steward, the owning domain), in
+/// every result format and over the PostgreSQL protocol; at the first
+/// table version, at a later one (an update and a new customer), and after
+/// a forget (sealed columns opened per lookup, as the scan opens them).
+async fn key_lookups_answer_as_the_general_path_does(server: &TestServer) {
+    load_customers(server).await;
+    let (_, all) = sql(server, Some(CUSTOMERS), "SELECT customer_id FROM customers.profiles.profiles ORDER BY customer_id").await;
+    let mut keys = lines(&all);
+    assert!(keys.len() > 100, "{all}");
+    // Deleted customers are not in the table; a key of another case, with a space, empty, unknown.
+    let deleted: Vec<String> = PROFILES_EVENTS
+        .lines()
+        .filter(|l| l.contains("\"CustomerDeleted\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["payload"]["customer_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!deleted.is_empty());
+    keys.extend(deleted);
+    keys.extend(["CUS-999999".to_owned(), String::new(), keys[0].to_lowercase(), format!("{} ", keys[0])]);
+    index_ready(server, &keys[0]).await;
+    same_answers(server, &keys, 60, 0x5eed).await;
+
+    // A new table version: a customer's profile changes, one registers.
+    let target = keys[7].clone();
+    let events = [
+        json!({"stream": target, "type": "CustomerProfileUpdated", "id": "019b7b12-05a3-7f2b-ad2f-000000000001", "schema_version": 1,
+               "payload": {"customer_id": target, "phone": "+44 20 7946 0001", "full_name": "Ada Lookup", "updated_at": "2026-02-01T10:00:00Z"},
+               "metadata": {"producer": "test"}}),
+        json!({"stream": "CUS-900001", "type": "CustomerRegistered", "id": "019b7b12-05a3-7f2b-ad2f-000000000002", "schema_version": 3,
+               "payload": {"customer_id": "CUS-900001", "email": "new.customer@example.com", "full_name": "New Customer",
+                           "national_id": "QQ900001C", "country": "GB", "email_verified": true, "registered_at": "2026-02-01T10:00:00Z"},
+               "metadata": {"producer": "test"}}),
+    ];
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let (status, appended) = server.append(Some(CUSTOMERS), "customers/profiles", "application/x-ndjson", body).await;
+    assert_eq!(status, 201, "{appended}");
+    let position = appended["last_position"].as_i64().expect("position");
+    server.projected("customers/profiles", position).await;
+    keys.push("CUS-900001".to_owned());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // The new version is indexed once the lookup path answers with the new row.
+        let before = server.engine.lookups_answered();
+        let (_, body) =
+            sql(server, Some(CUSTOMERS), "SELECT full_name FROM customers.profiles.profiles WHERE customer_id = 'CUS-900001'").await;
+        if server.engine.lookups_answered() > before && lines(&body) == vec!["New Customer".to_owned()] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new version was not indexed within 30 s: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, body) =
+        sql(server, Some(CUSTOMERS), &format!("SELECT full_name FROM customers.profiles.profiles WHERE customer_id = '{target}'")).await;
+    assert_eq!(lines(&body), vec!["Ada Lookup".to_owned()], "{body}");
+    let mut sample = vec![target.clone(), "CUS-900001".to_owned()];
+    sample.extend(keys.iter().step_by(11).cloned());
+    same_answers(server, &sample, 40, 0xfeed).await;
+
+    // A forget: the subject's sealed values are gone on both paths at once.
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/subjects/forget",
+            Some(CUSTOMERS),
+            Some("application/json"),
+            json!({"subject": target, "reason": "erasure request", "domain": "customers"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) =
+        sql(server, Some(CUSTOMERS), &format!("SELECT email FROM customers.profiles.profiles WHERE customer_id = '{target}'")).await;
+    assert_eq!(lines(&body), vec!["NULL".to_owned()], "the forgotten email from the lookup path: {body}");
+    same_answers(server, &[target.clone(), keys[3].clone()], 24, 0xf0f0).await;
+}
+
+/// An upsert table keyed by a classified column (a hostile or careless
+/// domain keys patients by email): no lookup by it is answered from the
+/// serving index, neither for a caller who sees the key masked (a lookup
+/// by a clear email finds nothing, one by the masked form finds what the
+/// general path finds) nor for the owner (the key is stored sealed). No
+/// response to the analyst holds a personal value.
+async fn a_key_the_caller_sees_masked_is_never_looked_up(server: &TestServer) {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus/hostile-domain");
+    let contract = std::fs::read_to_string(corpus.join("01-plain-select/v1.yaml"))
+        .expect("corpus contract")
+        .replace("name: leak_01_plain_select", "name: keyed_by_email")
+        .replacen("key: [patient_id]", "key: [email]", 1)
+        .replacen(
+            "      email: { type: string, classification: pii.email,",
+            "      email: { type: string, required: true, classification: pii.email,",
+            1,
+        );
+    let (status, body) = server.publish(Some(CLINIC), &contract).await;
+    assert_eq!(status, 201, "{body}");
+    let events = std::fs::read_to_string(corpus.join("events.ndjson")).expect("corpus events");
+    let (status, appended) = server.append(Some(CLINIC), "clinic/keyed_by_email", "application/x-ndjson", events).await;
+    assert_eq!(status, 201, "{appended}");
+    server.projected("clinic/keyed_by_email", appended["last_position"].as_i64().expect("position")).await;
+    let personal = std::fs::read_to_string(corpus.join("personal.txt")).expect("personal values");
+    let email = "quorvin.zythrosk@example.com";
+    let by = |value: &str| format!("SELECT * FROM clinic.keyed_by_email.patients WHERE email = '{value}'");
+    let planned = |value: &str| format!("SELECT * FROM clinic.keyed_by_email.patients WHERE (email = '{value}')");
+
+    // The owner reads emails in the clear, but they are stored sealed (a
+    // forget must reach them): the index holds no clear key, so the owner
+    // too is answered by the general path, which opens them first.
+    for accept in ["application/json", "application/vnd.apache.arrow.stream"] {
+        let before = server.engine.lookups_answered();
+        let (status, fast) = answer(server, Some(CLINIC), accept, &by(email)).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&fast));
+        assert_eq!(server.engine.lookups_answered(), before, "answered from the index by a sealed key");
+        let (_, slow) = answer(server, Some(CLINIC), accept, &planned(email)).await;
+        assert!(untimed(fast) == untimed(slow), "the owner's lookup in {accept}");
+    }
+    let (_, rows) = sql(server, Some(CLINIC), &by(email)).await;
+    assert_eq!(rows["row_count"], 1, "{rows}");
+
+    // The analyst: never from the index, whatever the literal.
+    let (_, masked) = sql(server, Some(ANALYST), "SELECT email FROM clinic.keyed_by_email.patients LIMIT 1").await;
+    let masked_email = lines(&masked).first().cloned().expect("a masked email");
+    assert!(masked_email.starts_with("***@"), "{masked}");
+    for value in [email, masked_email.as_str(), "nobody@example.com"] {
+        for accept in ["application/json", "application/vnd.apache.arrow.stream"] {
+            let before = server.engine.lookups_answered();
+            let (status, fast) = answer(server, Some(ANALYST), accept, &by(value)).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&fast));
+            assert_eq!(server.engine.lookups_answered(), before, "answered from the index with a masked key: {value}");
+            let (_, slow) = answer(server, Some(ANALYST), accept, &planned(value)).await;
+            assert!(untimed(fast.clone()) == untimed(slow), "{value} in {accept}");
+            let text = String::from_utf8_lossy(&fast).to_lowercase();
+            for clear in personal.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                // The analyst's own literal is echoed by no response either.
+                assert!(!text.contains(&clear.to_lowercase()), "{clear} in the analyst's answer to {value}");
+            }
+        }
+    }
+    let (_, clear) = sql(server, Some(ANALYST), &by(email)).await;
+    assert_eq!(clear["row_count"], 0, "a lookup by a clear email must find nothing: {clear}");
+    let (_, all_masked) = sql(server, Some(ANALYST), &by(&masked_email)).await;
+    assert!(all_masked["row_count"].as_u64() >= Some(1), "{all_masked}");
 }

@@ -25,6 +25,8 @@ pub struct TestServer {
     /// The PostgreSQL protocol's port.
     pub pg_port: u16,
     pub warehouse: tessera_projection::Warehouse,
+    /// The server's query engine (to see which path answered a query).
+    pub engine: tessera_query::Engine,
     stop_pg: tokio::sync::watch::Sender<bool>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -121,8 +123,11 @@ impl TestServer {
         let projections = tessera_projection::Projections::start(store.clone(), warehouse.clone());
         let limits = tessera_query::Limits { max_rows: 10_000, ..tessera_query::Limits::default() };
         let engine = tessera_query::Engine::new(store.clone(), warehouse.clone(), MASKING_KEY, limits);
-        let state =
-            AppState::new(store.clone(), BODY_LIMIT).await.expect("state").with_projections(projections.clone()).with_engine(engine);
+        let state = AppState::new(store.clone(), BODY_LIMIT)
+            .await
+            .expect("state")
+            .with_projections(projections.clone())
+            .with_engine(engine.clone());
         let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let pg_port = pg_listener.local_addr().expect("address").port();
         let (stop_pg, pg_stopped) = tokio::sync::watch::channel(false);
@@ -140,6 +145,7 @@ impl TestServer {
             projections,
             pg_port,
             warehouse,
+            engine,
             stop_pg,
             shutdown: Some(tx),
             task,
