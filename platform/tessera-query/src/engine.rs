@@ -378,10 +378,15 @@ impl Engine {
             }
         };
         let deadline = audit.started + self.limits.timeout;
+        // A lookup is under the same bounds on the text as any query (the
+        // general path checks them again, and says what is wrong).
         if self.key_lookups
+            && sandbox::check_text(sql, &self.limits.bounds).is_ok()
             && let Some(statement) = crate::lookup::parse(sql)
+            && sandbox::check_depth(&statement, &self.limits.bounds).is_ok()
+            && let DFStatement::Statement(statement) = &statement
         {
-            match tokio::time::timeout_at(deadline, self.lookup(principal, &statement)).await {
+            match tokio::time::timeout_at(deadline, self.lookup(principal, statement)).await {
                 Ok(Some(looked)) => return Ok(self.ready(looked, deadline, audit).holding(permit)),
                 Ok(None) => {}
                 Err(_) => {

@@ -12,7 +12,7 @@
 //! bytes: the tests compare the two.
 //!
 //! The index ([`Indexes`]) holds, per data file, a sorted list of (hash of
-//! the key, row): 12 bytes a row, built once per file (Delta files never
+//! the key, row): 16 bytes a row, built once per file (Delta files never
 //! change), so a new table version only reads the key columns of its new
 //! files. It is built in the background: until it is ready, lookups take
 //! the general path. A hash match is only a candidate: the row read is
@@ -50,7 +50,7 @@ const MAX_LOOKUP_SQL_BYTES: usize = 4096;
 /// The parser's nesting limit for a lookup: a lookup nests a few levels.
 const LOOKUP_RECURSION_LIMIT: usize = 16;
 
-/// Rows indexed across all tables at most (12 bytes each, plus a file's
+/// Rows indexed across all tables at most (16 bytes each, plus each file's
 /// footer): a table that would go beyond is served by the general path.
 pub const MAX_INDEXED_ROWS: usize = 32 << 20;
 
@@ -80,7 +80,7 @@ pub struct Lookup {
 }
 
 /// Parses `sql` if it may be a key lookup: short, one statement.
-pub fn parse(sql: &str) -> Option<Statement> {
+pub fn parse(sql: &str) -> Option<DFStatement> {
     if sql.len() > MAX_LOOKUP_SQL_BYTES {
         return None;
     }
@@ -95,10 +95,7 @@ pub fn parse(sql: &str) -> Option<Statement> {
     if statements.len() != 1 {
         return None;
     }
-    match statements.pop_front()? {
-        DFStatement::Statement(s) => Some(*s),
-        _ => None,
-    }
+    statements.pop_front().filter(|s| matches!(s, DFStatement::Statement(_)))
 }
 
 /// The lookup `statement` is, if it is one.
@@ -125,7 +122,9 @@ pub fn recognize(statement: &Statement) -> Option<Lookup> {
     let limit = match limit_clause {
         None => None,
         Some(LimitClause::LimitOffset { limit: Some(limit), offset: None, limit_by }) if limit_by.is_empty() => {
-            Some(usize::try_from(integer(limit)?).ok()?)
+            // DataFusion takes a limit as a 64-bit signed integer.
+            let limit = i64::try_from(integer(limit)?).ok()?;
+            Some(usize::try_from(limit).ok()?)
         }
         Some(_) => return None,
     };
@@ -202,6 +201,10 @@ pub fn recognize(statement: &Statement) -> Option<Lookup> {
         ObjectNamePart::Function(_) => None,
     };
     let (domain, schema, table) = (part(domain)?, part(schema)?, part(table)?);
+    // Names the planner resolves elsewhere (its metadata, the session's system catalog).
+    if schema == "information_schema" || schema == "pg_catalog" || domain == crate::catalog::SYSTEM_CATALOG {
+        return None;
+    }
     let columns = match projection.as_slice() {
         [SelectItem::Wildcard(options)] if *options == WildcardAdditionalOptions::default() => None,
         items => {
@@ -318,6 +321,8 @@ pub fn key_columns(values: &[&KeyValue], types: &[DataType]) -> Option<Vec<Array
 pub struct FileKeys {
     path: Path,
     size: u64,
+    /// The key's types, as hashed: an index of another key is not reused.
+    types: Vec<DataType>,
     /// The footer, with the page index: a row's pages are found without reading it again.
     metadata: ArrowReaderMetadata,
     /// `(hash of the key, row in the file)`, sorted.
@@ -397,14 +402,18 @@ impl TableIndex {
     async fn read_row(&self, file: &FileKeys, row: u32, columns: &SchemaRef) -> Result<RecordBatch, String> {
         let row = u64::from(row);
         let group = file.row_group_starts.partition_point(|start| *start <= row).checked_sub(1).ok_or("a row before the first")?;
-        let offset = usize::try_from(row - file.row_group_starts[group]).map_err(|e| e.to_string())?;
-        let group_rows = usize::try_from(file.row_group_starts[group + 1] - file.row_group_starts[group]).map_err(|e| e.to_string())?;
+        // A file that holds more rows than its footer says is not read here.
+        let (Some(start), Some(end)) = (file.row_group_starts.get(group), file.row_group_starts.get(group + 1)) else {
+            return Err(format!("row {row} is past the file's row groups"));
+        };
+        let offset = usize::try_from(row - start).map_err(|e| e.to_string())?;
+        let group_rows = usize::try_from(end.saturating_sub(*start)).map_err(|e| e.to_string())?;
+        let after = group_rows.checked_sub(offset + 1).ok_or_else(|| format!("row {row} is past its row group"))?;
         let file_schema = file.metadata.schema();
         let present: Vec<&str> =
             columns.fields().iter().map(|f| f.name().as_str()).filter(|n| file_schema.field_with_name(n).is_ok()).collect();
         let mask = ProjectionMask::columns(file.metadata.metadata().file_metadata().schema_descr(), present.iter().copied());
-        let selection =
-            RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(1), RowSelector::skip(group_rows - offset - 1)]);
+        let selection = RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(1), RowSelector::skip(after)]);
         let reader = StoreReader { store: Arc::clone(&self.store), path: file.path.clone(), size: file.size };
         let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
             .with_projection(mask)
@@ -486,6 +495,9 @@ pub struct Indexes {
     /// Keys are hashed with a key of this process's own: no one can choose
     /// keys that collide.
     hasher: std::collections::hash_map::RandomState,
+    /// One index is built at a time (so the limit on rows counts every
+    /// other table's index, and builds take one core at most).
+    build: tokio::sync::Mutex<()>,
 }
 
 impl Indexes {
@@ -508,11 +520,17 @@ impl Indexes {
         }
         let (this, url, table, key, types) = (Arc::clone(self), url.clone(), table.clone(), key.to_vec(), types.to_vec());
         tokio::spawn(async move {
-            let built = this.build(&url, &table, &key, &types).await;
+            let built = {
+                let _one_at_a_time = this.build.lock().await;
+                this.build(&url, &table, &key, &types).await
+            };
             match built {
                 Ok(Some(index)) => {
                     if let Ok(mut tables) = this.tables.lock() {
-                        tables.insert(url.clone(), Arc::new(index));
+                        // A build from an older snapshot that ends later does not replace a newer index.
+                        if tables.get(&url).is_none_or(|kept| kept.version <= index.version) {
+                            tables.insert(url.clone(), Arc::new(index));
+                        }
                     }
                 }
                 Ok(None) => {
@@ -565,9 +583,16 @@ impl Indexes {
         let mut kept = HashMap::new();
         for file in &files {
             let path = file.path().to_string();
-            let keys = match known.get(&path) {
+            let keys = match known.get(&path).filter(|k| k.types == types) {
                 Some(k) => Arc::clone(k),
-                None => Arc::new(self.index_file(&store, file.object_store_path(), file.size(), key, types).await?),
+                None => {
+                    let keys = Arc::new(self.index_file(&store, file.object_store_path(), file.size(), key, types).await?);
+                    // Kept at once: a build that fails later does not read this file again.
+                    if let Ok(mut f) = self.files.lock() {
+                        f.entry(url.clone()).or_default().insert(path.clone(), Arc::clone(&keys));
+                    }
+                    keys
+                }
             };
             kept.insert(path, Arc::clone(&keys));
             indexed.push(keys);
@@ -605,7 +630,8 @@ impl Indexes {
             .with_projection(mask)
             .build()
             .map_err(|e| e.to_string())?;
-        let mut entries = Vec::new();
+        let declared = usize::try_from(row_group_starts.last().copied().unwrap_or(0)).unwrap_or(0);
+        let mut entries = Vec::with_capacity(declared.min(MAX_INDEXED_ROWS));
         let mut row: u32 = 0;
         while let Some(batch) = stream.try_next().await.map_err(|e| format!("{path}: {e}"))? {
             let columns: Vec<ArrayRef> = key
@@ -624,7 +650,7 @@ impl Indexes {
         }
         entries.sort_unstable();
         entries.shrink_to_fit();
-        Ok(FileKeys { path, size, metadata, entries, row_group_starts })
+        Ok(FileKeys { path, size, types: types.to_vec(), metadata, entries, row_group_starts })
     }
 }
 
@@ -643,7 +669,10 @@ mod tests {
     use super::*;
 
     fn lookup(sql: &str) -> Option<Lookup> {
-        recognize(&parse(sql)?)
+        match parse(sql)? {
+            DFStatement::Statement(s) => recognize(&s),
+            _ => None,
+        }
     }
 
     #[test]
@@ -681,6 +710,9 @@ mod tests {
             "WITH x AS (SELECT 1) SELECT * FROM sales.orders.orders WHERE order_id = 'a'",
             "SELECT * FROM sales.orders.orders WHERE order_id = 'a'; SELECT 1",
             "EXPLAIN SELECT * FROM sales.orders.orders WHERE order_id = 'a'",
+            "SELECT * FROM sales.information_schema.tables WHERE table_name = 'a'",
+            "SELECT * FROM tessera.pg_catalog.pg_class WHERE relname = 'a'",
+            "SELECT * FROM sales.orders.orders WHERE order_id = 'a' LIMIT 9223372036854775808",
         ] {
             assert_eq!(lookup(other), None, "{other}");
         }

@@ -306,13 +306,15 @@ impl Sandbox {
 impl Sandbox {
     /// A key lookup answered without a plan ([`tessera_query::lookup`]),
     /// under the query time limit; `None` for the general path.
-    async fn lookup(&self, statement: &Statement) -> Option<tessera_query::Looked> {
+    async fn lookup(&self, statement: &Statement) -> Result<Option<tessera_query::Looked>, QueryError> {
         let engine = self.session.engine();
-        let looked = tokio::time::timeout(engine.limits().timeout, engine.lookup(self.session.principal(), statement)).await.ok()??;
-        if let Ok(mut tables) = self.tables.lock() {
+        let looked = tokio::time::timeout(engine.limits().timeout, engine.lookup(self.session.principal(), statement))
+            .await
+            .map_err(|_| engine.timeout_error())?;
+        if let (Some(looked), Ok(mut tables)) = (&looked, self.tables.lock()) {
             *tables = vec![looked.table.clone()];
         }
-        Some(looked)
+        Ok(looked)
     }
 }
 
@@ -330,7 +332,7 @@ impl QueryHook for Sandbox {
             Kind::Read => Some(
                 async {
                     let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                    if let Some(looked) = self.lookup(statement).await {
+                    if let Some(looked) = self.lookup(statement).await.map_err(|e| query_error(&e))? {
                         let fields = Arc::new(arrow_schema_to_pg_fields(&looked.schema, &Format::UnifiedText, Some(options))?);
                         let rows = looked.batch.map(|batch| encode_recordbatch(Arc::clone(&fields), batch)).into_iter().flatten();
                         return Ok(Response::Query(QueryResponse::new(fields, futures::stream::iter(rows))));
