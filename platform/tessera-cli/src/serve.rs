@@ -212,7 +212,17 @@ async fn serve(config: Config, with_demo: bool, products: &Path) -> Result<ExitC
     });
     // Last, so that whoever waits for this line finds everything above it.
     println!("Tessera is serving at http://{address}");
-    tessera_server::serve(listener, state, shutdown_signal()).await?;
+    let (draining, drain) = (state.clone(), std::time::Duration::from_secs(config.drain_seconds));
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Not ready from now on; connections close once balancers had time to notice.
+        draining.drain();
+        if !drain.is_zero() {
+            tracing::info!(seconds = drain.as_secs(), "draining: /readyz says not ready");
+            tokio::time::sleep(drain).await;
+        }
+    };
+    tessera_server::serve(listener, state, shutdown).await?;
     let _ = stop_pg.send(true);
     if let Some(task) = pg_task {
         let _ = task.await;

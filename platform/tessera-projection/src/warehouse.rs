@@ -45,6 +45,24 @@ impl Warehouse {
         &self.root
     }
 
+    /// Whether the warehouse answers: its root can be listed (in object
+    /// storage, with the configured credentials; a local directory exists).
+    pub async fn reachable(&self) -> Result<(), String> {
+        if self.root.scheme() == "file" {
+            let path = self.root.to_file_path().map_err(|()| format!("{} is not a local path", self.root))?;
+            return match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(format!("the warehouse {} is not a directory", path.display())),
+                Err(e) => Err(format!("the warehouse {}: {e}", path.display())),
+            };
+        }
+        let store = deltalake::DeltaTableBuilder::from_url(self.root.clone())
+            .and_then(|b| b.build_storage())
+            .map_err(|e| format!("the warehouse {}: {e}", self.root))?
+            .object_store(None);
+        store.list_with_delimiter(None).await.map(|_| ()).map_err(|e| format!("the warehouse {} does not answer: {e}", self.root))
+    }
+
     /// A scratch warehouse for one product's rebuild, under the product's
     /// own prefix, so that its tables are apart from every live one.
     pub fn staging(&self, domain: &str, product: &str, label: &str) -> Warehouse {

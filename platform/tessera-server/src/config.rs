@@ -23,6 +23,7 @@
 //! query_concurrency_per_principal = 4  # ... for one signed-in principal
 //! query_concurrency_public = 2 # ... for all anonymous callers together
 //! query_memory_budget_mb = 2048 # what all running queries may add to the server's memory
+//! drain_seconds = 0            # on shutdown, /readyz says "not ready" this long before connections close
 //!
 //! [[principals]]
 //! name = "sales-bot"
@@ -36,7 +37,7 @@
 //! `TESSERA_COMPACT_AFTER_FILES`, `TESSERA_LEASE_SECONDS`, `TESSERA_PG_LISTEN`, `TESSERA_MASKING_KEY`, `TESSERA_KEK`,
 //! `TESSERA_QUERY_MEMORY_MB`, `TESSERA_QUERY_TIMEOUT_SECONDS`, `TESSERA_QUERY_MAX_ROWS`, `TESSERA_QUERY_MAX_SQL_BYTES`,
 //! `TESSERA_QUERY_MAX_DEPTH`, `TESSERA_QUERY_CONCURRENCY`, `TESSERA_QUERY_CONCURRENCY_PER_PRINCIPAL`,
-//! `TESSERA_QUERY_CONCURRENCY_PUBLIC`, `TESSERA_QUERY_MEMORY_BUDGET_MB`. S3 credentials and endpoint come
+//! `TESSERA_QUERY_CONCURRENCY_PUBLIC`, `TESSERA_QUERY_MEMORY_BUDGET_MB`, `TESSERA_DRAIN_SECONDS`. S3 credentials and endpoint come
 //! from the standard `AWS_*` environment variables.
 
 use std::net::SocketAddr;
@@ -104,6 +105,9 @@ pub struct Config {
     pub query_memory_budget_mb: usize,
     /// A governance policy file replacing the built-in `contracts/policies.yaml`.
     pub policy: Option<PathBuf>,
+    /// On shutdown, how long `/readyz` says "not ready" before the server
+    /// stops accepting connections (for load balancers to notice).
+    pub drain_seconds: u64,
     pub principals: Vec<PrincipalConfig>,
 }
 
@@ -131,6 +135,7 @@ impl Default for Config {
             query_concurrency_public: 2,
             query_memory_budget_mb: 2048,
             policy: None,
+            drain_seconds: 0,
             principals: Vec::new(),
         }
     }
@@ -161,31 +166,35 @@ impl Config {
             None if Path::new("tessera.toml").exists() => figment = figment.merge(Toml::file_exact("tessera.toml")),
             None => {}
         }
-        figment = figment.merge(Env::prefixed("TESSERA_").only(&[
-            "listen",
-            "data_dir",
-            "database_url",
-            "max_body_bytes",
-            "policy",
-            "warehouse",
-            "retention_hours",
-            "compact_after_files",
-            "lease_seconds",
-            "pg_listen",
-            "masking_key",
-            "kek",
-            "query_memory_mb",
-            "query_timeout_seconds",
-            "query_max_rows",
-            "query_max_sql_bytes",
-            "query_max_depth",
-            "query_concurrency",
-            "query_concurrency_per_principal",
-            "query_concurrency_public",
-            "query_memory_budget_mb",
-        ]));
+        figment = figment.merge(Env::prefixed("TESSERA_").only(&Self::ENVIRONMENT));
         figment.extract().map_err(|e| format!("invalid configuration: {e}"))
     }
+
+    /// The settings the environment may set, as `TESSERA_<NAME>` (upper case).
+    pub const ENVIRONMENT: [&'static str; 22] = [
+        "listen",
+        "data_dir",
+        "database_url",
+        "max_body_bytes",
+        "policy",
+        "warehouse",
+        "retention_hours",
+        "compact_after_files",
+        "lease_seconds",
+        "pg_listen",
+        "masking_key",
+        "kek",
+        "query_memory_mb",
+        "query_timeout_seconds",
+        "query_max_rows",
+        "query_max_sql_bytes",
+        "query_max_depth",
+        "query_concurrency",
+        "query_concurrency_per_principal",
+        "query_concurrency_public",
+        "query_memory_budget_mb",
+        "drain_seconds",
+    ];
 
     /// The database URL: configured, or the embedded SQLite file.
     pub fn database_url(&self) -> String {

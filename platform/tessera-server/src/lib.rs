@@ -22,7 +22,7 @@ mod ui;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ui::router())
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(operations::metrics))
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -88,6 +89,46 @@ async fn method_not_allowed() -> ApiError {
 async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     sqlx_ping(&state.store).await?;
     Ok(Json(json!({ "status": "ok", "database": format!("{:?}", state.store.backend()).to_lowercase() })))
+}
+
+/// How long `/readyz` waits for each of its checks.
+const READINESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether this process should be sent work: its database and warehouse
+/// answer (the database's migrations are this binary's, or it would not
+/// have started), and it is not shutting down. 503 with each check's
+/// outcome otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = bounded(async { state.store.products().await.map(|_| ()).map_err(|e| e.to_string()) }).await;
+    let warehouse = match &state.engine {
+        Some(engine) => bounded(engine.catalog().warehouse().reachable()).await,
+        None => Ok(()),
+    };
+    // Why is for the log: anyone may ask this endpoint, and errors name hosts and buckets.
+    let outcome = |what: &str, r: &Result<(), String>| match r {
+        Ok(()) => json!("ok"),
+        Err(e) => {
+            tracing::warn!(check = what, error = %e, "not ready");
+            json!("unavailable")
+        }
+    };
+    let draining = state.is_draining();
+    let ready = database.is_ok() && warehouse.is_ok() && !draining;
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "database": outcome("database", &database),
+            "warehouse": outcome("warehouse", &warehouse),
+            "draining": draining,
+        },
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// A readiness check, bounded: a probe waits seconds, not an object store's retries.
+async fn bounded(check: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::time::timeout(READINESS_CHECK, check).await.unwrap_or_else(|_| Err(format!("no answer within {READINESS_CHECK:?}")))
 }
 
 async fn sqlx_ping(store: &Store) -> Result<(), ApiError> {

@@ -22,6 +22,9 @@ pub struct AppState {
     pub engine: Option<tessera_query::Engine>,
     /// The catalog's search index.
     pub discovery: discovery::Discovery,
+    /// Set when the server is shutting down: `/readyz` says not ready, so
+    /// that load balancers stop sending it work while it finishes.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -33,6 +36,7 @@ impl AppState {
             projections: None,
             engine: None,
             discovery: discovery::Discovery::default(),
+            draining: Arc::default(),
         };
         state.reload_principals().await?;
         Ok(state)
@@ -48,6 +52,15 @@ impl AppState {
     pub fn with_engine(mut self, engine: tessera_query::Engine) -> Self {
         self.engine = Some(engine);
         self
+    }
+
+    /// Starts draining: from now on `/readyz` says not ready.
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The principal of a token, if any has it.

@@ -5,6 +5,7 @@
 mod browser;
 mod contracts;
 mod crash;
+mod deploy;
 mod forget;
 mod memory;
 mod samples;

@@ -7,7 +7,13 @@ use serde_json::{Value, json};
 use crate::on_both;
 use crate::support::{ANALYST, BODY_LIMIT, ORDER_EVENTS, ORDERS, PAYMENTS, SALES, TestServer};
 
-on_both!(publish_append_and_read, bad_input_is_a_clear_4xx_and_stores_nothing, who_may_do_what, contract_errors_are_located);
+on_both!(
+    publish_append_and_read,
+    bad_input_is_a_clear_4xx_and_stores_nothing,
+    who_may_do_what,
+    contract_errors_are_located,
+    readiness_follows_the_database_the_warehouse_and_draining
+);
 
 async fn publish_append_and_read(s: &TestServer) {
     let (status, body) = s.get("/healthz", None).await;
@@ -191,4 +197,33 @@ async fn contract_errors_are_located(s: &TestServer) {
     )
     .await;
     assert!(body["message"].as_str().is_some_and(|m| m.contains("UTF-8")));
+}
+
+/// `/readyz`: ready while the database and the warehouse answer; not ready
+/// once draining, or when the warehouse does not answer (a bucket that does
+/// not exist), without saying which host or bucket to anyone who asks.
+async fn readiness_follows_the_database_the_warehouse_and_draining(s: &TestServer) {
+    let (status, body) = s.get("/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"], serde_json::json!({"database": "ok", "warehouse": "ok", "draining": false}));
+    s.state.drain();
+    let (status, body) = s.get("/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["draining"], true);
+    // Still live, and still serving what it has in flight.
+    let (status, _) = s.get("/healthz", None).await;
+    assert_eq!(status, 200);
+
+    let missing = format!("s3://tessera-no-such-bucket-{}/warehouse", std::process::id());
+    let Some(elsewhere) = TestServer::start_in(false, &missing).await else { return };
+    let started = std::time::Instant::now();
+    let (status, body) = elsewhere.get("/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["warehouse"], "unavailable", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+    assert!(!body.to_string().contains("tessera-no-such-bucket"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "a probe waited {:?}", started.elapsed());
+    elsewhere.finish().await;
 }

@@ -27,6 +27,8 @@ pub struct TestServer {
     pub warehouse: tessera_projection::Warehouse,
     /// The server's query engine (to see which path answered a query).
     pub engine: tessera_query::Engine,
+    /// The server's shared state (to drain it).
+    pub state: AppState,
     stop_pg: tokio::sync::watch::Sender<bool>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -135,10 +137,11 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(tessera_server::serve(listener, state, async {
+        let task = tokio::spawn(tessera_server::serve(listener, state.clone(), async {
             let _ = rx.await;
         }));
         Some(Self {
+            state,
             base,
             http: reqwest::Client::new(),
             store,
