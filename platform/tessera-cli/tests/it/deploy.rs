@@ -186,9 +186,11 @@ fn the_server_runs_with_the_manifests_environment() {
         .envs(&env)
         .current_dir(dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || BufReader::new(log).lines().map_while(Result::ok).collect::<Vec<String>>());
     let out = BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -227,6 +229,15 @@ fn the_server_runs_with_the_manifests_environment() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(stopped.success(), "{stopped:?}");
+    // The log (JSON lines, as the Deployment asks): Tessera's own events
+    // from INFO up; the libraries' only from WARN up.
+    let log = log.join().unwrap();
+    assert!(log.iter().any(|l| l.contains("\"stopped\"")), "{log:?}");
+    for line in &log {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let (level, target) = (event["level"].as_str().unwrap_or(""), event["target"].as_str().unwrap_or(""));
+        assert!(target.starts_with("tessera") || matches!(level, "WARN" | "ERROR"), "a library's {level} event by default: {line}");
+    }
     let drain: u64 = env["TESSERA_DRAIN_SECONDS"].parse().unwrap();
     assert!(stopping.elapsed() >= Duration::from_secs(drain), "stopped before its drain of {drain} s");
     let _ = runtime.block_on(async {
