@@ -112,13 +112,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
 const WORKER_STACK_BYTES: usize = 32 << 20;
 
 /// What the log shows unless `TESSERA_LOG` says otherwise: Tessera's own
-/// events from INFO up, the libraries' from WARN up (the Delta kernel's
+/// events from INFO up (`tessera` is a prefix of every crate's target:
+/// the binary's and each `tessera_*`), the libraries' from WARN up (the Delta kernel's
 /// scans alone log several INFO lines per query). The Delta kernel also
 /// logs an error for every table it looks for before creating it, and
 /// merges warn of a metric they do not report: noise for an operator.
-pub const DEFAULT_LOG: &str = "warn,tessera=info,tessera_server=info,tessera_store=info,tessera_projection=info,\
-     tessera_query=info,tessera_contract=info,tessera_sql=info,tessera_seal=info,tessera_core=info,\
-     buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error";
+pub const DEFAULT_LOG: &str = "warn,tessera=info,buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error";
 
 pub fn init_tracing(json: bool) {
     let filter =

@@ -256,6 +256,12 @@ impl Config {
             if k.len() < 16 {
                 return Err("masking_key must be at least 16 characters: it is what keeps hashed values from a dictionary attack".into());
             }
+            // A placeholder from deploy/ left as it is would be a key anyone can read.
+            if k.to_ascii_lowercase().contains("change-me") {
+                return Err("masking_key (TESSERA_MASKING_KEY) is still the placeholder `CHANGE-ME…`: set a random secret of at least \
+                            32 characters, the same for every process of the deployment"
+                    .into());
+            }
             return Ok(k.as_bytes().to_vec());
         }
         let path = self.data_dir.join("masking.key");

@@ -27,7 +27,6 @@ use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tessera_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -86,10 +85,14 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not support that method")
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    sqlx_ping(&state.store).await?;
-    Ok(Json(json!({ "status": "ok", "database": format!("{:?}", state.store.backend()).to_lowercase() })))
+/// Liveness: the process answers. It asks nothing of the database (a
+/// database outage must not restart every replica: `/readyz` says it).
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "database": format!("{:?}", state.store.backend()).to_lowercase() }))
 }
+
+/// A check `/readyz` did not run (the server is draining).
+const NOT_CHECKED: &str = "not checked";
 
 /// How long `/readyz` waits for each of its checks.
 const READINESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
@@ -99,20 +102,22 @@ const READINESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// have started), and it is not shutting down. 503 with each check's
 /// outcome otherwise.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let database = bounded(async { state.store.products().await.map(|_| ()).map_err(|e| e.to_string()) }).await;
-    let warehouse = match &state.engine {
-        Some(engine) => bounded(engine.catalog().warehouse().reachable()).await,
-        None => Ok(()),
+    let draining = state.is_draining();
+    // Draining: not ready whatever the checks would say; they are not run.
+    let (database, warehouse) = if draining {
+        (Err(NOT_CHECKED.to_owned()), Err(NOT_CHECKED.to_owned()))
+    } else {
+        state.readiness.checked(|| readiness_checks(state.clone())).await
     };
     // Why is for the log: anyone may ask this endpoint, and errors name hosts and buckets.
     let outcome = |what: &str, r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
+        Err(e) if e == NOT_CHECKED => json!("not_checked"),
         Err(e) => {
             tracing::warn!(check = what, error = %e, "not ready");
             json!("unavailable")
         }
     };
-    let draining = state.is_draining();
     let ready = database.is_ok() && warehouse.is_ok() && !draining;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
@@ -126,11 +131,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The database's and the warehouse's checks, at once.
+async fn readiness_checks(state: AppState) -> (Result<(), String>, Result<(), String>) {
+    let database = bounded(async { state.store.ping().await.map_err(|e| e.to_string()) });
+    let warehouse = async {
+        match &state.engine {
+            Some(engine) => bounded(engine.catalog().warehouse().reachable()).await,
+            None => Ok(()),
+        }
+    };
+    tokio::join!(database, warehouse)
+}
+
 /// A readiness check, bounded: a probe waits seconds, not an object store's retries.
 async fn bounded(check: impl Future<Output = Result<(), String>>) -> Result<(), String> {
     tokio::time::timeout(READINESS_CHECK, check).await.unwrap_or_else(|_| Err(format!("no answer within {READINESS_CHECK:?}")))
-}
-
-async fn sqlx_ping(store: &Store) -> Result<(), ApiError> {
-    store.products().await.map(|_| ()).map_err(ApiError::from)
 }

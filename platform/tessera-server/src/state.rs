@@ -25,6 +25,35 @@ pub struct AppState {
     /// Set when the server is shutting down: `/readyz` says not ready, so
     /// that load balancers stop sending it work while it finishes.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The last readiness checks, shared by the probes of the next second.
+    pub(crate) readiness: Readiness,
+}
+
+/// Readiness checks run at most once a second, however many probes ask
+/// (anyone may ask `/readyz`: it must not be a way to load the database or
+/// the bucket).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Readiness {
+    last: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Checks)>>>,
+}
+
+type Checks = (Result<(), String>, Result<(), String>);
+
+impl Readiness {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The checks of the last second, or `run`'s (one caller runs them; the others wait for its outcome).
+    pub(crate) async fn checked<F: Future<Output = Checks>>(&self, run: impl FnOnce() -> F) -> Checks {
+        let mut last = self.last.lock().await;
+        if let Some((at, checks)) = last.as_ref()
+            && at.elapsed() < Self::FRESH
+        {
+            return checks.clone();
+        }
+        let checks = run().await;
+        *last = Some((std::time::Instant::now(), checks.clone()));
+        checks
+    }
 }
 
 impl AppState {
@@ -37,6 +66,7 @@ impl AppState {
             engine: None,
             discovery: discovery::Discovery::default(),
             draining: Arc::default(),
+            readiness: Readiness::default(),
         };
         state.reload_principals().await?;
         Ok(state)

@@ -158,6 +158,12 @@ impl Store {
         &self.inner.pool
     }
 
+    /// Whether the database answers: `SELECT 1` on a pooled connection.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections in use.
     pub async fn close(&self) {
         self.inner.pool.close().await;

@@ -113,8 +113,12 @@ fn the_files_name_only_settings_and_ports_the_server_has() {
     assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
     let grace = deployment[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().expect("a grace period");
     let drain: i64 = config["TESSERA_DRAIN_SECONDS"].parse().expect("drain seconds");
-    // The drain, then requests and projectors finishing (10 s at most), inside the grace period.
-    assert!(grace > drain + 10 + 5, "terminationGracePeriodSeconds {grace} leaves no time after a {drain} s drain");
+    let timeout: i64 = config.get("TESSERA_QUERY_TIMEOUT_SECONDS").map_or(30, |t| t.parse().expect("query timeout seconds"));
+    // The drain, then the longest query finishing, then projectors stopping (10 s at most), inside the grace period.
+    assert!(
+        grace > drain + timeout + 10,
+        "terminationGracePeriodSeconds {grace} leaves no time after a {drain} s drain and {timeout} s queries"
+    );
     let policy = yaml("deploy/kubernetes/networkpolicy.yaml");
     let open: Vec<i64> =
         policy[0]["spec"]["ingress"][0]["ports"].as_vec().expect("ingress ports").iter().filter_map(|p| p["port"].as_i64()).collect();
@@ -172,6 +176,19 @@ fn the_server_runs_with_the_manifests_environment() {
     for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
         env.insert(k, v);
     }
+    // The Secret's placeholders are refused, not served with: a masking key
+    // anyone can read would make hashed values a dictionary lookup.
+    let refused = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&env)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("TESSERA_MASKING_KEY"), "the placeholder masking key was accepted: {said}");
+    env.insert("TESSERA_MASKING_KEY".to_owned(), "deploy-test-masking-key-0123456789abcdef".to_owned());
     let deployment = yaml("deploy/kubernetes/deployment.yaml");
     let args: Vec<String> = deployment[0]["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_vec()
@@ -191,7 +208,18 @@ fn the_server_runs_with_the_manifests_environment() {
         .unwrap();
     let log = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || BufReader::new(log).lines().map_while(Result::ok).collect::<Vec<String>>());
+    // Killed if the test fails before it stops on its own.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if matches!(self.0.try_wait(), Ok(None)) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
     let out = BufReader::new(child.stdout.take().unwrap());
+    let mut child = Running(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in out.lines().map_while(Result::ok) {
@@ -215,14 +243,14 @@ fn the_server_runs_with_the_manifests_environment() {
     let (status, body) = readyz();
     assert_eq!(status, "200", "{body}");
     assert!(body.contains("\"status\":\"ready\""), "{body}");
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     let stopping = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let (status, body) = readyz();
     assert_eq!(status, "503", "not ready while draining: {body}");
     assert!(body.contains("\"draining\":true"), "{body}");
     let stopped = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(stopping.elapsed() < Duration::from_secs(40), "still running 40 s after SIGTERM");

@@ -12,7 +12,7 @@ on_both!(
     bad_input_is_a_clear_4xx_and_stores_nothing,
     who_may_do_what,
     contract_errors_are_located,
-    readiness_follows_the_database_the_warehouse_and_draining
+    readiness_follows_the_warehouse_and_draining
 );
 
 async fn publish_append_and_read(s: &TestServer) {
@@ -200,9 +200,10 @@ async fn contract_errors_are_located(s: &TestServer) {
 }
 
 /// `/readyz`: ready while the database and the warehouse answer; not ready
-/// once draining, or when the warehouse does not answer (a bucket that does
-/// not exist), without saying which host or bucket to anyone who asks.
-async fn readiness_follows_the_database_the_warehouse_and_draining(s: &TestServer) {
+/// once draining (the checks are not even run), or when the warehouse does
+/// not answer (a bucket that does not exist), without saying which host or
+/// bucket to anyone who asks.
+async fn readiness_follows_the_warehouse_and_draining(s: &TestServer) {
     let (status, body) = s.get("/readyz", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ready");
@@ -211,11 +212,17 @@ async fn readiness_follows_the_database_the_warehouse_and_draining(s: &TestServe
     let (status, body) = s.get("/readyz", None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "not_ready");
-    assert_eq!(body["checks"]["draining"], true);
+    assert_eq!(body["checks"], serde_json::json!({"database": "not_checked", "warehouse": "not_checked", "draining": true}));
     // Still live, and still serving what it has in flight.
     let (status, _) = s.get("/healthz", None).await;
     assert_eq!(status, 200);
 
+    // A bucket that does not exist, on the S3-compatible server of this machine (never AWS itself).
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        assert!(!crate::support::in_ci(), "AWS_ENDPOINT_URL is not set: CI must provide an S3-compatible server (.ci/run starts one)");
+        eprintln!("SKIPPED the missing-bucket part: AWS_ENDPOINT_URL is not set");
+        return;
+    }
     let missing = format!("s3://tessera-no-such-bucket-{}/warehouse", std::process::id());
     let Some(elsewhere) = TestServer::start_in(false, &missing).await else { return };
     let started = std::time::Instant::now();

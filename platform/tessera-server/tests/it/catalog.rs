@@ -256,7 +256,13 @@ fn openapi_lists_exactly_the_routes() {
         let line = line.split(".route(").next().unwrap_or(line).lines().next().unwrap_or(line);
         let path = line.split('"').next().unwrap();
         let handlers = line.split_once(',').unwrap().1;
-        let full = if path.starts_with("/api") || path == "/healthz" || path == "/metrics" || path == "/" || path.starts_with("/ui/") {
+        let full = if path.starts_with("/api")
+            || path == "/healthz"
+            || path == "/readyz"
+            || path == "/metrics"
+            || path == "/"
+            || path.starts_with("/ui/")
+        {
             path.to_owned()
         } else {
             format!("/api/v1{path}")
