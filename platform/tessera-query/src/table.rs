@@ -117,11 +117,9 @@ impl MaskedTable {
     /// Whether served column `i` is served exactly as stored: not masked,
     /// not sealed, of the stored type.
     pub(crate) fn is_clear(&self, i: usize) -> bool {
-        self.columns.get(i).is_some_and(|c| {
-            c.mask == Mask::Clear
-                && c.sealed.is_none()
-                && self.raw_field(i).zip(self.schema.fields().get(i)).is_some_and(|(r, s)| r.data_type() == s.data_type())
-        })
+        self.columns
+            .get(i)
+            .is_some_and(|c| served_as_stored(&c.mask, c.sealed.is_some(), self.raw_field(i).as_deref(), self.schema.fields().get(i)))
     }
 
     /// The stored field of served column `i`.
@@ -215,6 +213,17 @@ impl TableProvider for MaskedTable {
     }
 }
 
+/// Whether a column is served exactly as stored: not masked, not sealed,
+/// of the stored type (what a filter or a key lookup may read unmasked).
+fn served_as_stored(
+    mask: &Mask,
+    sealed: bool,
+    stored: Option<&arrow::datatypes::Field>,
+    served: Option<&arrow::datatypes::FieldRef>,
+) -> bool {
+    *mask == Mask::Clear && !sealed && stored.zip(served).is_some_and(|(r, s)| r.data_type() == s.data_type())
+}
+
 fn unqualified(expr: Expr) -> Result<Expr> {
     expr.transform(|e| match e {
         Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
@@ -273,8 +282,9 @@ impl MaskedScanExec {
     /// Whether the caller sees column `i` exactly as stored: not masked, not sealed.
     fn is_clear(&self, i: usize) -> bool {
         let raw = self.raw.schema();
-        self.masks.get(i).is_some_and(|m| m.mask == Mask::Clear && m.sealed.is_none())
-            && raw.fields().get(i).zip(self.schema.fields().get(i)).is_some_and(|(r, s)| r.data_type() == s.data_type())
+        self.masks.get(i).is_some_and(|m| {
+            served_as_stored(&m.mask, m.sealed.is_some(), raw.fields().get(i).map(|f| f.as_ref()), self.schema.fields().get(i))
+        })
     }
 
     /// This scan with `ops` (in terms of its columns, innermost first) run

@@ -177,15 +177,7 @@ async fn rebuilds_in_a_row_while_events_arrive(s: &TestServer) {
 }
 
 async fn run_command(s: &TestServer, kind: &str) -> Value {
-    let (status, command) = s
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/products/sales/orders/commands",
-            Some(SALES),
-            Some("application/json"),
-            json!({"kind": kind}).to_string(),
-        )
-        .await;
+    let (status, command) = s.post_json("/api/v1/products/sales/orders/commands", Some(SALES), json!({"kind": kind})).await;
     assert_eq!(status, 202, "{command}");
     let id = command["id"].as_i64().expect("id");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -182,15 +182,8 @@ async fn on_postgres_and_s3_nothing_clear_is_stored_and_a_forget_holds() {
 
     let with_email: Vec<&Vec<Value>> = all.iter().filter(|r| r[1].is_string()).collect();
     let (target, control) = (with_email[0][0].as_str().expect("id").to_owned(), with_email[1][0].as_str().expect("id").to_owned());
-    let (status, body) = s
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/subjects/forget",
-            Some(STEWARD),
-            Some("application/json"),
-            json!({"subject": target, "reason": "erasure request S3-1"}).to_string(),
-        )
-        .await;
+    let (status, body) =
+        s.post_json("/api/v1/subjects/forget", Some(STEWARD), json!({"subject": target, "reason": "erasure request S3-1"})).await;
     assert_eq!(status, 200, "{body}");
     check(&s.base, &target, &control).await;
     let (status, feed) = s.get("/api/v1/notices?domain=customers", Some(CUSTOMERS)).await;

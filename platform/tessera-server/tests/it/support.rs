@@ -207,6 +207,11 @@ impl TestServer {
         self.call(reqwest::Method::POST, "/api/v1/products", token, Some("application/yaml"), yaml.to_owned()).await
     }
 
+    /// POSTs a JSON body; the status and the JSON answer.
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some("application/json"), body.to_string()).await
+    }
+
     pub async fn append(&self, token: Option<&str>, product: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         self.call(reqwest::Method::POST, &format!("/api/v1/products/{product}/events"), token, Some(content_type), body).await
     }
